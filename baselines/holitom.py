@@ -213,7 +213,7 @@ class HoliTom(Compressor):
         total = T * N
         retain = min(p.retention / ((total - float(removed)) / total), 1)
 
-        feats, flat, frames = [], [], []
+        feats, flat, frames, seg_static = [], [], [], []
         st = dict(static_in=0, static_out=0, dynamic_in=0, dynamic_kept=0, dynamic_merged_out=0)
         all_pos = torch.arange(N, device=dev)
         for s, e in segments:
@@ -223,6 +223,7 @@ class HoliTom(Compressor):
             else:
                 static = stable[s:e].all(dim=0)
             dyn_pos = all_pos[~static]
+            seg_static.append(N - dyn_pos.numel())
             # 6: dynamic tokens (drawn first, as in the official `holitom`)
             df, dp_, dom, ctx = select_dynamic(x[s:e + 1][:, ~static], attn[s:e + 1][:, ~static], dyn_pos,
                                                retain, p.D, p.K, p.beta, p.no_beta)
@@ -257,6 +258,7 @@ class HoliTom(Compressor):
             "tau": p.tau,
             "segments": [[s, e] for s, e in segments],
             "num_segments": len(segments),
+            "segment_static": seg_static,
             "temporal_removed": int(removed),
             "retention_after_static": retain,
             "static_positions": st["static_in"],
