@@ -40,15 +40,17 @@ def flat(pos, grid_hw):
     return pos[:, 0] * H * W + pos[:, 1] * W + pos[:, 2]
 
 
-def random_video(T, H, W, D, seed, dtype=torch.float32, drift=0.3):
-    """Slowly drifting tokens so that static windows actually occur."""
+def random_video(T, H, W, D, seed, dtype=torch.float32, drift=1.0):
+    """Scenes (random cuts) whose positions are still, slowly or fast changing, so that the
+    segmentation meets static windows, dynamic positions and boundaries."""
     g = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, H * W, D, generator=g)
-    steps = drift * torch.randn(T, H * W, D, generator=g) * (torch.rand(1, H * W, 1, generator=g) > 0.5)
-    x = base + steps.cumsum(0)
-    sal = torch.rand(T, H * W, generator=g)
+    N = H * W
+    scene = (torch.rand(T, generator=g) < 0.25).cumsum(0)                       # scene id per frame
+    bases = torch.randn(int(scene.max()) + 1, N, D, generator=g)
+    speed = drift * torch.tensor([0.0, 0.3, 1.5])[torch.randint(0, 3, (1, N, 1), generator=g)]
+    x = bases[scene] + (speed * torch.randn(T, N, D, generator=g)).cumsum(0)
+    sal = torch.rand(T, N, generator=g)
     return VideoTokens(features=x.to(dtype), grid_hw=(H, W), saliency=(sal / sal.sum(1, keepdim=True)).to(dtype))
-
 
 # ---------------------------------------------------------------- official fixtures
 
@@ -311,11 +313,15 @@ def test_static_tokens_are_temporal_means_when_kept_alone():
     """With r = 1 each static slot (s, p) carries the mean of x_t(p) over its segment."""
     v = random_video(6, 2, 3, 8, 5, drift=0.05)
     out = make(retention=1.0, tau=0.5)(v)
+    checked = 0
     for (s, e), m in zip(out.stats["segments"], out.stats["segment_static"]):
         if e > s and m:
+            checked += m
             static = (ht.adjacent_similarity(v.features)[s:e] > 0.5).all(0).nonzero()[:, 0]
             rows = [i for i, p in enumerate(out.positions.tolist()) if p[0] == s and p[1] * 3 + p[2] in static.tolist()][:m]
+            assert len(rows) == m
             assert torch.allclose(out.features[rows], v.features[s:e + 1, static].mean(0), atol=1e-6)
+    assert checked > 0
 
 
 @pytest.mark.cuda
