@@ -4,13 +4,13 @@ Follows the official `holitom/llava_arch.py` (cokeshao/HoliTom @ e9b2972), which
 published numbers; see docs/methods/holitom.md for every departure from the paper.
 
 Pipeline (NOTES.md steps 1-9):
-  1. S_t(p) = cos(x_t(p), x_{t+1}(p))                         adjacent-frame similarity (Sec. 3.2)
+  1. S_t(p) = cos(x_t(p), x_{t+1}(p))                         adjacent-frame similarity (temporal merging)
   2. V(s,e) = (e-s) |{p : S_t(p) > tau, t=s..e-1}|            tokens removed by window [s,e]
   3. dynamic programme over contiguous segments maximising sum V     (temporal segmentation)
   4. r' = min(r / ((TN-R)/TN), 1)                              retention after temporal merging
   5. per segment: static positions averaged over time, dynamic positions kept per frame
   6. dynamic: per-frame attention top-ceil(n r')  (D = 0; D > 0 adds DPC-kNN "contextual" tokens)
-  7. static: DPC-kNN centres (round(m r') of them), beta-weighted merge of each cluster (Sec. 3.3)
+  7. static: DPC-kNN centres (round(m r') of them), beta-weighted merge of each cluster (spatial merging)
   8. order: per segment, static tokens then frames s..e (LLaVA-OV `one_token` order).
 """
 from __future__ import annotations
