@@ -173,9 +173,9 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     take = torch.zeros_like(take_sorted).scatter(1, order, take_sorted)
     g_idx, n_idx = take.nonzero(as_tuple=True)  # group-major, raster within a group
     x = fused.float()
-    a = nb[g_idx, n_idx].float()  # (M, N) neighbourhood rows of the emitted tokens
-    mean_nb = torch.bmm(a.unsqueeze(1), x[g_idx]).squeeze(1) / a.sum(-1, keepdim=True).clamp(min=1)
-    out = ((mean_nb + x[g_idx, n_idx]) / 2).to(fused.dtype)
+    a = nb.float()
+    mean_nb = torch.bmm(a, x) / a.sum(-1, keepdim=True).clamp(min=1)  # (G, N, D)
+    out = ((mean_nb[g_idx, n_idx] + x[g_idx, n_idx]) / 2).to(fused.dtype)
     counts = {
         "sdc_candidates": candidates,
         "sdc_budget": final,
