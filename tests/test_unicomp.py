@@ -291,3 +291,17 @@ def test_matches_official_on_cuda(case):
     bf = UniComp(UniComp.Params(retention=p["retention"]))(
         VideoTokens(features=video.features.bfloat16(), grid_hw=i["grid_hw"], saliency=video.saliency))
     assert bf.features.dtype == torch.bfloat16 and bool(torch.isfinite(bf.features.float()).all())
+
+
+def test_sdc_neighbourhood_threshold_is_strict():
+    from baselines.unicomp import spatial_dynamic_compression
+    keys = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    feats = torch.tensor([[[1.0, 2.0, 3.0], [5.0, 7.0, 11.0]]])
+    k = torch.nn.functional.normalize(keys, dim=-1)
+    at = float((1 - k @ k.transpose(1, 2))[0, 0, 1])
+    out, where, c = spatial_dynamic_compression(feats, keys, [2], at)  # 1 - cos == Uc: not neighbours
+    assert c["sdc_candidates"] == [2] and torch.equal(out, feats[0])
+    out, where, c = spatial_dynamic_compression(feats, keys, [2], at + 1e-3)
+    assert c["sdc_candidates"] == [1]
+    kept = int(where[0, 1])
+    torch.testing.assert_close(out[0], 0.5 * feats[0, kept] + 0.25 * (feats[0, 0] + feats[0, 1]))
