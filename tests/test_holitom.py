@@ -18,15 +18,7 @@ CASES = sorted(p.stem for p in FIX.glob("ht_*.pt"))
 
 
 def make(**kw):
-    """build_compressor("holitom", ...).  While the registry's built-in list names a module not
-    written yet (`ottvid.method`), its first load fails once; `baselines.holitom` is imported above,
-    so the retry finds the method through the registry all the same."""
-    try:
-        return build_compressor("holitom", **kw)
-    except ModuleNotFoundError as err:
-        if err.name != "ottvid.method":
-            raise
-        return build_compressor("holitom", **kw)
+    return build_compressor("holitom", **kw)
 
 
 def load(case):

@@ -27,7 +27,7 @@ def expected_count(T, N, r, gamma):
        r=st.floats(0.01, 1.0), gamma=st.sampled_from([0.0, 0.3, 0.6, 1.0]),
        tau_m=st.sampled_from([0.1, 0.3, math.inf]), tau_b=st.sampled_from([0.1, 0.3, math.inf]),
        tau_c=st.sampled_from([0.0, 0.3, math.inf]), alpha=st.sampled_from(["position", "kernel", "global", 0.5, 1.0]),
-       spatial=st.sampled_from(["coverage", "topk", "divprune", "scope"]), seed=st.integers(0, 1000))
+       spatial=st.sampled_from(["coverage", "topk", "divprune", "scope", "adts"]), seed=st.integers(0, 1000))
 def test_count_budgets_and_positions(T, H, W, D, r, gamma, tau_m, tau_b, tau_c, alpha, spatial, seed):
     v = synthetic_video(T, H, W, D, seed=seed)
     out = build_compressor("ottvid", retention=r, gamma=gamma, tau_m=tau_m, tau_b=tau_b, tau_c=tau_c,

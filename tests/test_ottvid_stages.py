@@ -171,7 +171,7 @@ def test_cost_range_and_locality():
     assert torch.allclose(torch.diagonal(same[0]), torch.zeros(5), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["topk", "divprune", "scope", "coverage"])
+@pytest.mark.parametrize("name", ["topk", "divprune", "scope", "coverage", "adts"])
 def test_spatial_variants_pick_K_distinct(name):
     x = torch.randn(3, 20, 6)
     x[:, 10:] = x[:, :10]  # duplicates must not be picked twice

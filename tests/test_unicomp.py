@@ -1,7 +1,6 @@
 """UniComp: equivalence with the official outputs, stage unit tests, properties."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,7 @@ CASES = sorted(p.stem for p in FIX.glob("uc_*.pt"))
 
 
 @pytest.fixture
-def build(monkeypatch):
-    """build_compressor('unicomp', ...); drops built-in modules this branch does not have yet."""
-    mods = tuple(m for m in registry._BUILTIN_MODULES if importlib.util.find_spec(m) is not None)
-    monkeypatch.setattr(registry, "_BUILTIN_MODULES", mods)
-    monkeypatch.setattr(registry, "_loaded", False)
+def build():
     return lambda **kw: registry.build_compressor("unicomp", **kw)
 
 
