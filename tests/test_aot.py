@@ -237,6 +237,18 @@ def test_paper_anchor_counts():
     assert counts == sorted(counts) and counts[9] == round(144 * (126 / 196 + 108 / 169) / 2)
 
 
+def test_budget_reproduces_paper_flops_eq17():
+    """Eq. 17 on the retained vision tokens (Qwen2-7B LLM: 28 layers, d=3584, m=18944) gives the
+    prefill TFLOPs of Table 1 (LLaVA-OV, 32 x 196) and of LLaVA-Video's vanilla row (64 x 169)."""
+    def f_pre(n, layers=28, d=3584, m=18944):
+        return layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m) / 1e12
+
+    table1 = {1.0: 40.8, 0.25: 8.7, 0.20: 7.0, 0.15: 5.2, 0.10: 3.4}
+    for r, tflops in table1.items():
+        assert f_pre(token_budget(r, 32, 196)) == pytest.approx(tflops, abs=0.12)
+    assert f_pre(token_budget(1.0, 64, 169)) == pytest.approx(80.2, abs=0.05)
+
+
 @settings(max_examples=20, deadline=None)
 @given(T=st.integers(1, 8), H=st.integers(1, 5), W=st.integers(1, 5), r=st.floats(0.01, 1.0),
        mode=st.sampled_from(["uniform", "dynamic"]), clip_len=st.integers(1, 5), dyseg_c=st.integers(1, 6),
