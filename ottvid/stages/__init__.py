@@ -1,0 +1,1 @@
+"""OTT-Vid, one file per stage: spatial -> mass -> transport -> budget -> merge (paper Sec. 3)."""

@@ -1,0 +1,79 @@
+"""Compression execution (Sec. 3.4): top-B_t matches per pair, merge below tau_c else prune,
+union-find over all pairs at once, uniform averaging per component."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def greedy_matches(plan: torch.Tensor, B_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-B_t plan entries per pair with each frame-(t+1) token (column) used at most once.
+
+    Walking the entries of P_t in descending order (ties to the lower flat index i*K+j)
+    and accepting (i, j) unless column j is taken is the same as ranking the columns by
+    their best entry and keeping the first B_t columns; this does it without a loop.
+    Returns (accepted (P, K) bool over columns j, parent row i (P, K)).
+    """
+    P, K, _ = plan.shape
+    row = plan.argmax(dim=1)                                    # first max: lowest i on ties
+    best = torch.gather(plan, 1, row.unsqueeze(1)).squeeze(1)   # (P, K)
+    flat = row * K + torch.arange(K, device=plan.device)
+    by_flat = flat.argsort(dim=1, stable=True)
+    by_value = torch.sort(torch.gather(best, 1, by_flat), dim=1, descending=True, stable=True).indices
+    order = torch.gather(by_flat, 1, by_value)                  # columns, best first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(K, device=plan.device).expand(P, K))
+    return rank < B_t.view(P, 1), row
+
+
+@dataclass
+class MergeResult:
+    keep: torch.Tensor        # (T*K,) bool: surviving component roots
+    features: torch.Tensor    # (T*K, D) float32 component means (valid at roots)
+    n_merged: int             # union edges (C <= tau_c)
+    n_pruned: int             # matches with C > tau_c: the source and its subtree are dropped
+    n_discarded: int          # tokens dropped with pruned subtrees
+    max_span: int             # longest chain, in frames
+
+
+def union_merge(kept: torch.Tensor, C: torch.Tensor, accepted: torch.Tensor, parent_row: torch.Tensor,
+                tau_c: float) -> MergeResult:
+    """Resolve all pairs' matches at once (Sec. 3.4).
+
+    kept: (T, K, D) float32; C: (T-1, K, K); accepted / parent_row: (T-1, K) per column j.
+    A match (t,i) <- (t+1,j) with C <= tau_c is a union edge; with C > tau_c the source
+    becomes a pruned root and its whole downstream subtree is dropped (official rule).
+    Components are averaged uniformly; the root is the earliest-frame member (anchor).
+    """
+    T, K, D = kept.shape
+    dev = kept.device
+    n = T * K
+    parent = torch.arange(n, device=dev)
+    pair, col = accepted.nonzero(as_tuple=True)
+    prow = parent_row[pair, col]
+    cost = C[pair, prow, col]
+    child, par = (pair + 1) * K + col, pair * K + prow
+    merge = cost <= tau_c
+    parent[child[merge]] = par[merge]
+    pruned = torch.zeros(n, dtype=torch.bool, device=dev)
+    pruned[child[~merge]] = True
+    root, hops = parent, 0
+    while True:  # pointer doubling: at most ceil(log2 T) rounds
+        nxt = root[root]
+        if torch.equal(nxt, root):
+            break
+        root, hops = nxt, hops + 1
+    flat = kept.reshape(n, D)
+    sums = torch.zeros_like(flat).index_add_(0, root, flat)
+    count = torch.zeros(n, device=dev, dtype=flat.dtype).index_add_(0, root, torch.ones(n, device=dev, dtype=flat.dtype))
+    is_root = root == torch.arange(n, device=dev)
+    frame = torch.arange(n, device=dev) // K
+    span = torch.zeros(n, dtype=torch.long, device=dev).scatter_reduce_(0, root, frame - frame[root], reduce="amax")
+    return MergeResult(
+        keep=is_root & ~pruned,
+        features=sums / count.clamp_min(1.0).unsqueeze(-1),
+        n_merged=int(merge.sum().item()),
+        n_pruned=int((~merge).sum().item()),
+        n_discarded=int(pruned[root].sum().item()),
+        max_span=int(span.max().item()) + 1,
+    )

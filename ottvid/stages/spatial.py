@@ -1,0 +1,113 @@
+"""Spatial stage (Sec. 3.2, App. B.1): keep K tokens per frame, batched over frames.
+
+`coverage` is OTT-Vid's saliency-weighted coverage (Eq. 1); `topk`, `divprune`, `adts`
+and `scope` are the alternatives of Table A1. Every selector returns (T, K) local
+indices sorted ascending (raster order), as the official code does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SPATIAL_METHODS = ("coverage", "topk", "divprune", "adts", "scope")
+
+
+def keep_per_frame(N: int, r_s: float) -> int:
+    """K = max(1, floor(N * r_s)) capped at N; r_s >= 1 keeps the whole frame (official Qwen path)."""
+    if r_s >= 1.0:
+        return N
+    return min(N, max(1, int(N * r_s)))
+
+
+def cosine_similarity(x: torch.Tensor) -> torch.Tensor:
+    """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products)."""
+    xn = F.normalize(x.float(), p=2, dim=-1)
+    return torch.bmm(xn, xn.transpose(1, 2))
+
+
+def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
+    """w_{t,i} = s_{t,i} / (sum_n s_{t,n} + 1e-8) in float32."""
+    w = saliency.float()
+    return w / (w.sum(dim=-1, keepdim=True) + 1e-8)
+
+
+def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered") -> torch.Tensor:
+    """Greedy saliency-weighted coverage (Eq. 1), batched over frames.
+
+    weight="covered" (OTT-Vid): gain(j) = sum_i w_i max(0, sim_ij - mu_i).
+    weight="candidate" (SCOPE): gain(j) = w_j * sum_i (1/N) max(0, sim_ij - mu_i).
+    mu starts at 0; ties go to the lowest index.
+    """
+    T, N, _ = sim.shape
+    K = min(K, N)
+    mu = sim.new_zeros(T, N)
+    chosen = torch.zeros(T, N, dtype=torch.bool, device=sim.device)
+    picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
+    cover_w = w if weight == "covered" else torch.full_like(w, 1.0 / N)
+    neg_inf = sim.new_tensor(float("-inf"))
+    for k in range(K):
+        diff = (sim - mu.unsqueeze(2)).clamp_min(0)
+        gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
+        if weight == "candidate":
+            gain = w * gain
+        gain = torch.where(chosen, neg_inf, gain)
+        best = gain.argmax(dim=1)
+        picks[:, k] = best
+        chosen.scatter_(1, best.unsqueeze(1), True)
+        col = torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
+        mu = torch.maximum(mu, col)
+    return picks.sort(dim=1).values
+
+
+def topk_select(saliency: torch.Tensor, K: int) -> torch.Tensor:
+    """Saliency top-K per frame (Table A1 'Saliency'); ties to the lower index."""
+    order = torch.sort(saliency.float(), dim=1, descending=True, stable=True).indices
+    return order[:, :K].sort(dim=1).values
+
+
+def divprune_select(sim: torch.Tensor, K: int) -> torch.Tensor:
+    """DivPrune max-min diversity on cosine distance (no saliency).
+
+    First pick: the token farthest from its nearest other token; then repeatedly the
+    token whose distance to the selected set is largest. Selected tokens are masked so
+    the K picks stay distinct even on duplicate tokens.
+    """
+    T, N, _ = sim.shape
+    K = min(K, N)
+    dist = 1.0 - sim
+    picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
+    if N == 1:
+        return picks.zero_()
+    first = torch.topk(dist, 2, dim=1, largest=False).values[:, 1, :]
+    picks[:, 0] = first.argmax(dim=1)
+    chosen = torch.zeros(T, N, dtype=torch.bool, device=sim.device)
+    chosen.scatter_(1, picks[:, :1], True)
+    min_dist = torch.gather(dist, 1, picks[:, :1].unsqueeze(2).expand(T, 1, N)).squeeze(1)
+    for k in range(1, K):
+        score = min_dist.masked_fill(chosen, float("-inf"))
+        best = score.argmax(dim=1)
+        picks[:, k] = best
+        chosen.scatter_(1, best.unsqueeze(1), True)
+        row = torch.gather(dist, 1, best.view(T, 1, 1).expand(T, 1, N)).squeeze(1)
+        min_dist = torch.minimum(min_dist, row)
+    return picks.sort(dim=1).values
+
+
+def select(spatial: str, features: torch.Tensor, saliency: torch.Tensor, K: int,
+           sim: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch to the spatial selector named `spatial`; returns (T, K) sorted local indices."""
+    if spatial == "topk":
+        return topk_select(saliency, K)
+    if spatial == "adts":
+        from baselines.flashvid import adts_select  # FlashVID's ADTS, reused as in Table A1
+
+        return adts_select(features, saliency, K).sort(dim=1).values
+    if sim is None:
+        sim = cosine_similarity(features)
+    if spatial == "coverage":
+        return coverage_select(sim, normalized_saliency(saliency), K, weight="covered")
+    if spatial == "scope":
+        return coverage_select(sim, normalized_saliency(saliency), K, weight="candidate")
+    if spatial == "divprune":
+        return divprune_select(sim, K)
+    raise ValueError(f"spatial: must be one of {list(SPATIAL_METHODS)}, got {spatial!r}")

@@ -1,0 +1,82 @@
+"""Temporal OT between neighbouring frames (Sec. 3.3, Eq. 4-7), batched over the T-1 pairs."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ALPHA_MODES = ("position", "kernel", "global")
+
+
+def grid_coords(H: int, W: int, device: torch.device) -> torch.Tensor:
+    """p = (h/(H-1), w/(W-1)): each axis normalised to [0, 1] separately (official code), (H*W, 2)."""
+    gy, gx = torch.meshgrid(torch.linspace(0, 1, H, device=device),
+                            torch.linspace(0, 1, W, device=device), indexing="ij")
+    return torch.stack([gy.flatten(), gx.flatten()], dim=-1)
+
+
+def pair_alpha(features: torch.Tensor, grid_hw: tuple[int, int], alpha: str | float) -> torch.Tensor:
+    """alpha_t = 1 - clamp(s_t, 0, 1) / 2 (Sec. 3.3), s_t from the pre-pruning frames t, t+1.
+
+    position: mean cosine of co-located tokens (default); kernel: the same after 3x3
+    average pooling without padding; global: cosine of the frame-mean tokens (Table A6).
+    A number fixes alpha_t. Computed in the input dtype, as the official code does.
+    """
+    T, N, D = features.shape
+    if not isinstance(alpha, str):
+        return torch.full((T - 1,), float(alpha), device=features.device)
+    x = features
+    if alpha == "kernel":
+        H, W = grid_hw
+        if H >= 3 and W >= 3:
+            grid = x.transpose(1, 2).reshape(T, D, H, W)
+            x = F.avg_pool2d(grid, kernel_size=3, stride=1).flatten(2).transpose(1, 2)
+    elif alpha == "global":
+        x = x.mean(dim=1, keepdim=True)
+    elif alpha != "position":
+        raise ValueError(f"alpha: must be one of {list(ALPHA_MODES)} or a number, got {alpha!r}")
+    xn = F.normalize(x, dim=-1)
+    s = (xn[:-1] * xn[1:]).sum(-1).mean(-1)
+    return (0.5 + 0.5 * (1.0 - s).clamp(0.0, 1.0)).float()
+
+
+def pair_cost(feat: torch.Tensor, pos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Eq. 4-5 for every pair: C_t = alpha_t (1 - max(0, cos)) + (1 - alpha_t) ||p_i - p_j|| / sqrt(2).
+
+    feat: (T, K, D) kept tokens (float32); pos: (T, K, 2); returns (T-1, K, K).
+    """
+    xn = F.normalize(feat, dim=-1)
+    c_sem = 1.0 - torch.bmm(xn[:-1], xn[1:].transpose(1, 2)).clamp(min=0.0)
+    c_loc = (pos[:-1].unsqueeze(2) - pos[1:].unsqueeze(1)).norm(dim=-1) / math.sqrt(2.0)
+    a = alpha.view(-1, 1, 1)
+    return a * c_sem + (1.0 - a) * c_loc
+
+
+def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
+    """Eq. 6: entropic OT plans for a batch of problems, (P, K) x (P, K) x (P, K, K) -> (P, K, K).
+
+    Marginals are the masses normalised to 1. Exactly `iters` iterations, columns then
+    rows, so row marginals are exact. Log domain for eps < 0.05 (official switch).
+    """
+    a = m_a / m_a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    b = m_b / m_b.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    if eps < 0.05:
+        log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
+        log_K = -C / eps
+        log_u, log_v = torch.zeros_like(log_a), torch.zeros_like(log_b)
+        for _ in range(iters):
+            log_v = log_b - torch.logsumexp(log_K + log_u.unsqueeze(-1), dim=-2)
+            log_u = log_a - torch.logsumexp(log_K + log_v.unsqueeze(-2), dim=-1)
+        return (log_u.unsqueeze(-1) + log_K + log_v.unsqueeze(-2)).exp()
+    K_mat = torch.exp(-C / eps)
+    u = torch.ones_like(a)
+    for _ in range(iters):
+        v = b / torch.bmm(K_mat.transpose(1, 2), u.unsqueeze(2)).squeeze(2).clamp_min(1e-12)
+        u = a / torch.bmm(K_mat, v.unsqueeze(2)).squeeze(2).clamp_min(1e-12)
+    return u.unsqueeze(2) * K_mat * v.unsqueeze(1)
+
+
+def transport_difficulty(plan: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: W_t = sum_ij P_t,ij C_t,ij, (P,)."""
+    return (plan * C).sum(dim=(1, 2))
