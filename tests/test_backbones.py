@@ -289,3 +289,19 @@ def test_cuda_bf16_smoke(tiny_dir, family):
     assert ad.dtype == torch.bfloat16
     text, st = ad.generate(VIDEO, Q, max_new_tokens=3)
     assert st["tokens_out"] < st["tokens_in"] and st["peak_mem_gb"] > 0
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_video"])
+def test_every_registered_method_runs(adapters, family):
+    import ottvid
+
+    ad = adapters(family)
+    try:
+        for m in ottvid.list_methods():
+            if m == "vanilla":
+                continue
+            ad.set_method(m, retention=0.25)
+            _, st = ad.generate(VIDEO, Q, max_new_tokens=1)
+            assert 0 < st["tokens_out"] < st["tokens_in"], m
+    finally:
+        ad.set_method("vanilla")
