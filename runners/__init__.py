@@ -1,0 +1,1 @@
+"""Runners: Hydra entry points, the lmms-eval model plugin, the result store."""

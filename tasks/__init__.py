@@ -1,0 +1,1 @@
+"""lmms-eval task configs (passed with `--include_path tasks/`) and the synthetic shards."""
