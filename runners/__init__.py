@@ -1,2 +1,2 @@
-"""Hydra entry points (evaluate one cell, sweep an experiment, aggregate tables), the result
-store and the lmms-eval glue. Data path: config -> Cell -> lmms-eval -> cell JSON -> table."""
+"""Runners: Hydra entry points (evaluate one cell, sweep an experiment, aggregate tables), the
+lmms-eval model plugin, the result store. Data path: config -> Cell -> lmms-eval -> cell JSON -> table."""

@@ -1,0 +1,55 @@
+"""Backbone adapters: Qwen2.5-VL, LLaVA-OneVision, LLaVA-Video (see docs/backbones.md).
+
+`load_backbone(family, pretrained, method=..., **hparams)` validates the method and its
+hyperparameters, resolves the checkpoint and checks the device before any weights are read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..registry import build_compressor
+
+FAMILIES = ("qwen2_5_vl", "llava_onevision", "llava_video")
+
+
+def _adapter_cls(family: str):
+    if family == "qwen2_5_vl":
+        from .qwen2_5_vl import HOW_TO_GET, Qwen25VLAdapter
+
+        return Qwen25VLAdapter, HOW_TO_GET
+    if family == "llava_onevision":
+        from .llava import HOW_TO_GET_OV, LlavaOnevisionAdapter
+
+        return LlavaOnevisionAdapter, HOW_TO_GET_OV
+    if family == "llava_video":
+        from .llava import HOW_TO_GET_VIDEO, LlavaVideoAdapter
+
+        return LlavaVideoAdapter, HOW_TO_GET_VIDEO
+    raise ValueError(f"family: must be one of {list(FAMILIES)}, got {family!r}")
+
+
+def load_backbone(family: str, pretrained: str | Path, method: str = "vanilla", device: str | None = None,
+                  dtype: str | torch.dtype | None = None, overrides: dict[str, Any] | None = None,
+                  attn_implementation: str | None = None, **hparams: Any):
+    """Build the family's adapter around `pretrained` with compressor `method(**hparams)`."""
+    from .common import check_device, parse_dtype, resolve_checkpoint
+    from .llava_video import is_original_checkpoint
+
+    cls, how = _adapter_cls(family)
+    build_compressor(method, **hparams)  # ValueError on bad names/values, before any loading
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = resolve_checkpoint(str(pretrained), how)
+    if is_original_checkpoint(path):
+        raise ValueError(f"pretrained: {path} is an original LLaVA-NeXT checkpoint; {how}")
+    check_device(device, path)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    extra = {}
+    if family != "qwen2_5_vl" and overrides and overrides.get("siglip_head"):
+        extra["siglip_head"] = overrides.pop("siglip_head")
+    return cls.from_pretrained(path, device, parse_dtype(dtype, device), method, hparams, overrides, **kw, **extra)
+
+
+__all__ = ["FAMILIES", "load_backbone"]

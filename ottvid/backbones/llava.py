@@ -1,0 +1,232 @@
+"""LLaVA-OneVision and LLaVA-Video adapters (transformers `LlavaOnevisionForConditionalGeneration`).
+
+Both use SigLIP (the HF tower keeps the layers LLaVA uses; features = `hidden_states[vision_feature_layer]`),
+an MLP projector and a Qwen2 LLM with 1-D positions. Per frame:
+- LLaVA-OV: 27x27 -> bilinear 14x14 (196 tokens), one `image_newline` after the whole video.
+- LLaVA-Video: 27x27 -> 2x2 average pool 13x13 (169 tokens), an `image_newline` after every grid row,
+  and the frame-time instruction in the prompt.
+
+Saliency: the selected SigLIP layer's self-attention (recomputed from that layer's input with its q/k
+projections, softmax in float32, query-chunked), averaged over heads and queries = attention each
+patch receives, pooled to the LLM grid with the same pooling as the features, normalised to sum 1
+per frame. encoder_features: that layer's keys averaged over heads, pooled the same way.
+frame_features: SigLIP's attention-pooling (MAP) head applied to post-layernorm features of the
+selected layer, when the tower has a head (tiny builds) or one is loaded with `siglip_head=<path>`
+(the official FastVID/UniComp glue loads it from `google/siglip-so400m-patch14-384`); otherwise the
+documented substitute: attention-weighted mean of the selected layer's features (the un-pooled
+saliency as the pooling weights, i.e. a single-probe attention pooling without learned weights).
+
+Positions: sequence order (1-D `arange`), newline tokens placed from the kept (t,h,w) positions.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..contract import CompressedTokens, VideoTokens
+from .common import Adapter, Prepared, read_defaults, received_attention
+from .video import Frames, load_frames
+
+PROTOCOL_OV = {"max_frames_num": 32, "system_prompt": "You are a helpful assistant."}
+PROTOCOL_VIDEO = {"max_frames_num": 64, "system_prompt": "You are a helpful assistant."}
+HOW_TO_GET_OV = ("download it with `huggingface-cli download llava-hf/llava-onevision-qwen2-7b-ov-hf` on a machine "
+                 "with network access (or pass a local path), or use backbone=tiny_llava_onevision")
+HOW_TO_GET_VIDEO = ("download `lmms-lab/LLaVA-Video-7B-Qwen2` (`huggingface-cli download lmms-lab/LLaVA-Video-7B-Qwen2`) "
+                    "and convert it once: `python -m ottvid.backbones.llava_video convert --src <dir> --out <dir>`; "
+                    "or use backbone=tiny_llava_video")
+
+
+class LlavaOnevisionAdapter(Adapter):
+    family = "llava_onevision"
+    pool_mode = "bilinear"
+    newline_position = "one_token"
+    time_instruction = False
+    protocol = PROTOCOL_OV
+
+    @classmethod
+    def from_pretrained(cls, path: Path, device: str, dtype: torch.dtype, method: str, hparams: dict,
+                        overrides: dict | None = None, attn_implementation: str | None = None,
+                        siglip_head: str | None = None):
+        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+        d = read_defaults(path, cls.protocol)
+        d.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype, **kw).to(device)
+        cls._check_config(model.config, path)
+        proc = AutoProcessor.from_pretrained(path)
+        ad = cls(model, proc, path, method, hparams, d)
+        ad.pool_head = None
+        if siglip_head:
+            ad.pool_head = load_siglip_head(siglip_head, device, dtype)
+        return ad
+
+    @classmethod
+    def _check_config(cls, config, path: Path) -> None:
+        if getattr(config, "ottvid_llava_video", None):
+            raise ValueError(f"pretrained: {path} is a converted LLaVA-Video checkpoint; use ottvid_llava_video")
+
+    # ---------------------------------------------------------------- inputs
+    def load(self, video_path: str) -> Frames:
+        return load_frames(video_path, num_frames=int(self.defaults["max_frames_num"]))
+
+    def prompt(self, frames: Frames, question: str) -> str:
+        """qwen_1_5 conversation (the format both checkpoints were trained with, as lmms-eval prompts them)."""
+        q = question
+        if self.time_instruction:
+            times = ",".join(f"{t:.2f}s" for t in frames.timestamps)
+            q = (f"The video lasts for {frames.duration:.2f} seconds, and {len(frames.indices)} frames are uniformly "
+                 f"sampled from it. These frames are located at {times}.Please answer the following questions "
+                 f"related to this video.\n{q}")
+        sys = self.defaults.get("system_prompt")
+        head = f"<|im_start|>system\n{sys}<|im_end|>\n" if sys else ""
+        return f"{head}<|im_start|>user\n{self.processor.video_token}\n{q}<|im_end|>\n<|im_start|>assistant\n"
+
+    def build_inputs(self, frames: Frames, question: str) -> dict:
+        text = self.prompt(frames, question)
+        inputs = self.processor(text=[text], videos=[frames.pixels], return_tensors="pt")
+        inputs["prompt"] = text
+        return inputs.to(self.device)
+
+    # ---------------------------------------------------------------- encoding
+    def _layer_index(self) -> int:
+        vfl = self.model.config.vision_feature_layer
+        if not isinstance(vfl, int):
+            raise ValueError("vision_feature_layer: a single layer is required")
+        n = len(self.model.model.vision_tower.encoder.layers)
+        k = vfl % (n + 1)
+        if k == 0:
+            raise ValueError("vision_feature_layer: the embedding output has no attention")
+        return k - 1
+
+    def pool(self, x: torch.Tensor, side: int) -> torch.Tensor:
+        """(B, side*side, C) on the SigLIP grid -> (B, N, C) on the LLM grid, as the model pools features."""
+        B, P, C = x.shape
+        g = x.view(B, side, side, C).permute(0, 3, 1, 2)
+        if self.pool_mode == "bilinear":
+            g = F.interpolate(g, size=[math.ceil(side / 2), math.ceil(side / 2)], mode="bilinear")
+        else:
+            g = F.avg_pool2d(g, kernel_size=2, stride=2)
+        return g.permute(0, 2, 3, 1).reshape(B, -1, C)
+
+    def encode(self, inputs: dict, frames: Frames) -> VideoTokens:
+        m = self.model.model
+        tower = m.vision_tower
+        pv = inputs["pixel_values_videos"]
+        B, T = pv.shape[:2]
+        if B != 1:
+            raise ValueError("pixel_values_videos: one video per sample is supported")
+        layer = tower.encoder.layers[self._layer_index()]
+        cap = {}
+
+        def hook(mod, args, kwargs):
+            cap["h"] = args[0] if args else kwargs["hidden_states"]
+
+        handle = layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            out = tower(pv.view(T, *pv.shape[2:]).to(self.dtype), output_hidden_states=True, return_dict=True)
+        finally:
+            handle.remove()
+        sel = out.hidden_states[self.model.config.vision_feature_layer]        # (T, P, C)
+        if self.model.config.vision_feature_select_strategy == "default":
+            raise ValueError("vision_feature_select_strategy: 'default' (CLS drop) is not used by SigLIP LLaVA")
+        side = int(math.isqrt(sel.shape[1]))
+        feats = self.pool(m.multi_modal_projector(sel), side)                 # (T, N, D)
+        attn = layer.self_attn
+        h = cap["h"]
+        q = attn.q_proj(h).view(T, -1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(T, -1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        rec = received_attention(q, k, attn.scale)                             # (T, P), rows sum to 1
+        sal = self.pool(rec[..., None], side)[..., 0]
+        sal = sal / sal.sum(-1, keepdim=True)
+        keys = self.pool(k.float().mean(dim=1), side)                          # (T, N, head_dim)
+        frame = self.frame_features(sel, rec)
+        n = feats.shape[1]
+        hw = int(math.isqrt(n))
+        ts = torch.tensor(frames.timestamps, dtype=torch.float32, device=feats.device)
+        return VideoTokens(features=feats, grid_hw=(hw, hw), saliency=sal, encoder_features=keys.to(feats.dtype),
+                           frame_features=frame.to(feats.dtype), timestamps=ts if ts.numel() == T else None)
+
+    def frame_features(self, sel: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+        """(T, C) global frame embedding: SigLIP MAP head if available, else the attention-weighted mean."""
+        tower = self.model.model.vision_tower
+        head = self.pool_head
+        if head is None and getattr(tower, "head", None) is not None and self.model.config.vision_config.vision_use_head:
+            head = (tower.post_layernorm, tower.head)
+        if head is not None:
+            ln, mha = head
+            return mha(ln(sel))
+        return torch.einsum("tp,tpc->tc", rec, sel.float())
+
+    # ---------------------------------------------------------------- splice
+    def visual_sequence(self, out: CompressedTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compressed tokens with this model's newline tokens; also returns which rows are newlines."""
+        nl = self.model.model.image_newline.to(out.features.dtype)
+        if self.newline_position == "one_token":
+            seq = torch.cat([out.features, nl[None]], dim=0)
+            is_nl = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+            is_nl[-1] = True
+            return seq, is_nl
+        # "grid": a newline after every run of consecutive tokens in the same (t, h) row
+        p = out.positions.to(out.features.device)
+        row = p[:, 0] * (p[:, 1].max() + 1 if p.numel() else 1) + p[:, 1]
+        end = torch.ones_like(row, dtype=torch.bool)
+        end[:-1] = row[1:] != row[:-1]
+        M = out.count
+        slot = torch.arange(M, device=p.device) + torch.cumsum(end.long(), 0) - end.long()  # index of each token
+        total = M + int(end.sum())
+        seq = nl.expand(total, -1).clone()
+        seq[slot] = out.features
+        is_nl = torch.ones(total, dtype=torch.bool, device=p.device)
+        is_nl[slot] = False
+        return seq, is_nl
+
+    def splice(self, inputs: dict, video: VideoTokens, out: CompressedTokens) -> Prepared:
+        ids = inputs["input_ids"][0]
+        vid = (ids == self.model.config.video_token_id).nonzero().flatten()
+        s, e = int(vid[0]), int(vid[-1]) + 1
+        embed = self.language_model().get_input_embeddings()
+        text = embed(ids[None])
+        seq, is_nl = self.visual_sequence(out)
+        embeds = torch.cat([text[:, :s], seq.to(text.dtype)[None], text[:, e:]], dim=1)
+        L = embeds.shape[1]
+        pos = torch.arange(L, device=ids.device)[None]
+        return Prepared(inputs_embeds=embeds, position_ids=pos, next_position=L, video=video, compressed=out,
+                        extras={"video_span": (s, s + seq.shape[0]), "newline_mask": is_nl})
+
+    def decode_positions(self, p: int) -> torch.Tensor:
+        return torch.tensor([[p]], dtype=torch.long, device=self.device)
+
+
+class LlavaVideoAdapter(LlavaOnevisionAdapter):
+    """LLaVA-Video-7B-Qwen2 converted into the LLaVA-OneVision class (see llava_video.py)."""
+
+    family = "llava_video"
+    pool_mode = "average"
+    newline_position = "grid"
+    time_instruction = True
+    protocol = PROTOCOL_VIDEO
+
+    @classmethod
+    def _check_config(cls, config, path: Path) -> None:
+        block = getattr(config, "ottvid_llava_video", None)
+        if not block:
+            raise ValueError(f"pretrained: {path} is not a converted LLaVA-Video checkpoint; {HOW_TO_GET_VIDEO}")
+        if block.get("spatial_pool_mode") != "average" or block.get("newline_position") != "grid":
+            raise ValueError(f"pretrained: unsupported LLaVA-Video settings {block}")
+
+
+def load_siglip_head(path: str, device: str, dtype: torch.dtype):
+    """(post_layernorm, MAP head) of an original SigLIP checkpoint (e.g. google/siglip-so400m-patch14-384)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from .common import resolve_checkpoint
+
+    local = resolve_checkpoint(path, "download google/siglip-so400m-patch14-384 or pass a local SigLIP checkpoint")
+    cfg = SiglipVisionConfig.from_pretrained(local)
+    cfg.vision_use_head = True
+    vm = SiglipVisionModel.from_pretrained(local, config=cfg, dtype=dtype)
+    return (vm.post_layernorm.to(device).eval(), vm.head.to(device).eval())
