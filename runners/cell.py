@@ -152,7 +152,7 @@ def resolve_cell(cfg: DictConfig) -> Cell:
         raise CellError(f"limit: must be a positive integer or null, got {limit!r}")
     return Cell(backbone=bk, method=method, hparams=resolved, benchmark=bm, seed=int(c.get("seed", 0)),
                 limit=limit, batch_size=int(c.get("batch_size", 1)), experiment=str(c.get("experiment_name", "adhoc")),
-                model_args_extra=dict(bm.get("model_args") or {}))
+                model_args_extra={**(bk.get("model_args") or {}), **(bm.get("model_args") or {})})
 
 
 def _params_dict(compressor: Any, names: list[str], given: dict) -> dict:
