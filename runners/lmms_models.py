@@ -17,7 +17,6 @@ from typing import Any
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 
 # keys that configure the adapter rather than the compressor
 _ADAPTER_KEYS = {"pretrained", "method", "device", "dtype", "seed", "max_frames_num", "fps", "max_pixels",
@@ -131,10 +130,3 @@ class OttvidLlavaOnevision(OttvidModel):
 
 class OttvidLlavaVideo(OttvidModel):
     family = "llava_video"
-
-
-# entry-point payloads (pyproject.toml [project.entry-points."lmms_eval.models"])
-QWEN2_5_VL = ModelManifest(model_id="ottvid_qwen2_5_vl", simple_class_path="runners.lmms_models.OttvidQwen25VL")
-LLAVA_ONEVISION = ModelManifest(model_id="ottvid_llava_onevision",
-                                simple_class_path="runners.lmms_models.OttvidLlavaOnevision")
-LLAVA_VIDEO = ModelManifest(model_id="ottvid_llava_video", simple_class_path="runners.lmms_models.OttvidLlavaVideo")

@@ -1,0 +1,248 @@
+"""FastVID: dynamic temporal segmentation (DySeg) + density spatiotemporal pruning (STPrune).
+
+Follows the official LLaVA-OneVision implementation (LunarShen/FastVID @ a40a109,
+``fastvid_llavaonevision/.../modeling_qwen2.py``, the FastVID block of ``Qwen2Model.forward``),
+which produced the published numbers. See docs/methods/fastvid.md for the departures from the
+paper and the extensions to settings the official code does not run (T < c, K > N - S, ...).
+
+Stages (paper Sec. 3):
+  DySeg   cut between frames t, t+1 when cos(g_t, g_{t+1}) is among the c-1 smallest or < tau.
+  ATS     per frame keep the top-S tokens by saliency verbatim (S = R - floor(R d), R = floor(N r)).
+  STPrune per segment, anchor frames (every p-th from the segment end) get the context budget
+          K_L = floor(C L / ceil(L/p)); anchors are the top-K tokens by DPC-kNN score
+          delta * rho (+ 1e-6 U(0,1) tie noise on rho).
+  DTM     every pool token joins its most cosine-similar anchor; the anchor becomes
+          y = w x_a + (1 - w) mean(assigned), w = max(1 / (n + 1), beta).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ottvid.contract import CompressedTokens, VideoTokens
+from ottvid.registry import Compressor, check_int, check_range, check_retention, register
+
+#: number of nearest neighbours (self included) in the DPC-kNN local density, as in the official code.
+DENSITY_KNN = 4
+#: scale of the uniform tie-breaking noise added to the density.
+DENSITY_NOISE = 1e-6
+
+
+# ---------------------------------------------------------------- budgets ---------------------
+
+def frame_budgets(N: int, retention: float, d: float) -> tuple[int, int, int]:
+    """Per-frame budget (R, S, C): R = int(N r), C = int(R d) context, S = R - C salient (Sec. 3.2)."""
+    R = int(N * retention)
+    C = int(R * d)
+    return R, R - C, C
+
+
+def anchor_budgets(segment_sizes: list[int], C: int, p: int) -> list[int]:
+    """Context budget per frame (official 'anchor token distribution').
+
+    A segment of length L has m = ceil(L / p) anchor frames (its last frame and every p-th one
+    before it); each gets floor(C L / m) context tokens, every other frame 0.
+    """
+    out: list[int] = []
+    for L in segment_sizes:
+        m = (L + p - 1) // p
+        k = (C * L) // m
+        out.extend(k if (L - 1 - i) % p == 0 else 0 for i in range(L))
+    return out
+
+
+# ---------------------------------------------------------------- DySeg -----------------------
+
+def dyseg(g: torch.Tensor, c: int, tau: float) -> tuple[list[int], list[int], torch.Tensor]:
+    """Dynamic temporal segmentation (Sec. 3.1, Eq. 1-2).
+
+    Cuts after frame i for the c-1 lowest adjacent cosines s_i = <g_i, g_{i+1}> (normalised) and
+    for every s_i < tau. Returns (segment sizes, cut indices, s). With T - 1 < c - 1 adjacent
+    pairs, every pair is cut (the official code requires T >= c).
+    """
+    T = g.shape[0]
+    gn = g / g.norm(dim=1, keepdim=True)
+    s = (gn[:-1] * gn[1:]).sum(dim=1)
+    if T == 1:
+        return [1], [], s
+    cut = s < tau
+    k = min(c - 1, T - 1)
+    if k > 0:
+        cut[torch.topk(s, k, largest=False).indices] = True
+    cuts = torch.nonzero(cut).squeeze(1).tolist()
+    bounds = [-1] + cuts + [T - 1]
+    return [b - a for a, b in zip(bounds[:-1], bounds[1:])], cuts, s
+
+
+# ---------------------------------------------------------------- STPrune ---------------------
+
+def density_score(tokens: torch.Tensor) -> torch.Tensor:
+    """DPC-kNN score sigma = delta * rho per frame (Sec. 3.2), on (T, n, D) non-salient tokens.
+
+    rho_i = exp(-mean of the k=4 smallest d_ij^2), d = cdist / sqrt(D) in float32, plus 1e-6 U(0,1)
+    noise drawn once with shape (T, n) from the global generator; delta_i = min d_ij over denser j
+    (the frame's maximum distance for its density peak).
+    """
+    D = tokens.shape[-1]
+    x = tokens.float()
+    dist = torch.cdist(x, x) / (D ** 0.5)
+    k = min(DENSITY_KNN, dist.shape[-1])
+    nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
+    rho = (-(nearest ** 2).mean(dim=-1)).exp()
+    rho = rho + torch.rand(rho.shape, device=rho.device, dtype=rho.dtype) * DENSITY_NOISE
+    denser = (rho[:, None, :] > rho[:, :, None]).to(dist.dtype)
+    if dist.numel() == 0:
+        return rho
+    dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
+    delta = (dist * denser + dist_max * (1 - denser)).min(dim=-1).values
+    return delta * rho
+
+
+def dtm(anchors: torch.Tensor, pool: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density token merging (Sec. 3.2, Eq. 6): (B, K, D) anchors absorb a (B, P, D) pool.
+
+    Each pool token goes to its most cosine-similar anchor (first in anchor order on ties);
+    anchor a becomes w x_a + (1 - w) mean(A_a), w = max(1 / (|A_a| + 1), beta). Computed in the
+    tokens' dtype, as the official code does. Returns (merged tokens, |A_a| per anchor).
+    """
+    B, K, _ = anchors.shape
+    pool_n = pool / pool.norm(dim=-1, keepdim=True)
+    anchors_n = anchors / anchors.norm(dim=-1, keepdim=True)
+    sim = torch.bmm(pool_n, anchors_n.transpose(1, 2))
+    assign = torch.zeros(B, pool.shape[1], K, dtype=pool.dtype, device=pool.device)
+    assign.scatter_(2, sim.argmax(dim=2, keepdim=True), 1)
+    n = assign.sum(dim=1).unsqueeze(-1)
+    w = (1 / (n + 1)).clamp(min=beta)
+    mean = torch.bmm(assign.transpose(1, 2), pool) / n.clamp(min=1)
+    return w * anchors + (1 - w) * mean, n.squeeze(-1)
+
+
+def _saliency_pool(saliency: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """g_t = sum_n a_{t,n} f_{t,n}: the analogue of SigLIP's attention-pooling head output."""
+    return torch.einsum("tn,tnd->td", saliency.float(), feats.float())
+
+
+@register("fastvid")
+class FastVID(Compressor):
+    """FastVID (Shen et al., 2025), LLaVA-OneVision variant of the official code."""
+
+    @dataclass
+    class Params:
+        retention: float = 0.25
+        c: int = 8          # DySeg: minimum number of segments (c - 1 forced cuts)
+        tau: float = 0.9    # DySeg: cut wherever adjacent frame cosine < tau
+        d: float = 0.4      # STPrune: context (anchor) share of the per-frame budget
+        p: int = 4          # DTM: anchor-frame stride inside a segment
+        beta: float = 0.6   # DTM: minimum weight of the anchor in its merged token
+
+        def __post_init__(self) -> None:
+            self.retention = check_retention(self.retention)
+            self.c = check_int("c", self.c, 1)
+            self.tau = check_range("tau", self.tau, -1.0, 1.0)
+            self.d = check_range("d", self.d, 0.0, 1.0)
+            self.p = check_int("p", self.p, 1)
+            self.beta = check_range("beta", self.beta, 0.0, 1.0)
+
+    def compress(self, video: VideoTokens) -> CompressedTokens:
+        P = self.params
+        x = video.features
+        T, N, D = x.shape
+        dev = x.device
+
+        # ---- per-frame global feature for DySeg
+        if video.frame_features is not None:
+            g, g_src = video.frame_features, "frame_features"
+        elif video.encoder_features is not None:
+            g, g_src = _saliency_pool(video.saliency, video.encoder_features), "saliency_pooled_encoder_features"
+        else:
+            g, g_src = _saliency_pool(video.saliency, x), "saliency_pooled_features"
+        sizes, cuts, sim = dyseg(g, P.c, P.tau)
+
+        # ---- budgets
+        R, S, C = frame_budgets(N, P.retention, P.d)
+        if R == 0:
+            warnings.warn(f"fastvid: int(N * retention) = int({N} * {P.retention}) = 0 tokens per frame; "
+                          "the official budget rule keeps no video token", stacklevel=2)
+        budget = anchor_budgets(sizes, C, P.p)
+        n_free = N - S
+
+        # ---- ATS: top-S salient tokens per frame, kept verbatim
+        sal_idx = torch.topk(video.saliency, S, dim=1).indices                      # (T, S)
+        keep = torch.ones(T, N, dtype=torch.bool, device=dev)
+        keep.scatter_(1, sal_idx, False)
+        free_idx = torch.arange(N, device=dev).expand(T, N)[keep].view(T, n_free)   # ascending
+        free_tok = torch.gather(x, 1, free_idx[..., None].expand(T, n_free, D))     # (T, n_free, D)
+        sal_tok = torch.gather(x, 1, sal_idx[..., None].expand(T, S, D))
+        frame_ids = torch.arange(T, device=dev)
+        out_tok = [sal_tok.reshape(-1, D)]
+        out_flat = [(frame_ids[:, None] * N + sal_idx).reshape(-1)]
+
+        # ---- density score for every frame (one (T, N - S) noise draw, as the official code)
+        score = density_score(free_tok)
+
+        # ---- DTM, single-frame pools: frames whose budget equals C merge their own tokens
+        stat_pool = 0
+        n_single = n_multi = 0
+        budget_t = torch.tensor(budget, device=dev)
+        own = torch.nonzero(budget_t == C).squeeze(1) if C > 0 else budget_t.new_zeros(0)
+        if own.numel():
+            a = torch.topk(score[own], C, dim=-1).indices                            # (F, C)
+            anchors = torch.gather(free_tok[own], 1, a[..., None].expand(-1, C, D))
+            merged, _ = dtm(anchors, free_tok[own], P.beta)
+            out_tok.append(merged.reshape(-1, D))
+            out_flat.append((own[:, None] * N + torch.gather(free_idx[own], 1, a)).reshape(-1))
+            stat_pool += own.numel() * n_free
+            n_single = own.numel()
+
+        # ---- DTM, segment pools: anchor frames of multi-frame segments merge all L frames
+        start = 0
+        for L in sizes:
+            K = budget[start + L - 1]
+            if L > 1 and K > C:
+                rel = [i for i in range(L) if budget[start + i] > C]
+                fr = torch.tensor(rel, device=dev) + start
+                Ke = min(K, n_free)  # the official topk requires K <= N - S
+                a = torch.topk(score[fr], Ke, dim=-1).indices                        # (F, Ke)
+                anchors = torch.gather(free_tok[fr], 1, a[..., None].expand(-1, Ke, D))
+                pool = free_tok[start:start + L].reshape(1, L * n_free, D).expand(len(rel), -1, -1)
+                merged, _ = dtm(anchors, pool, P.beta)
+                out_tok.append(merged.reshape(-1, D))
+                out_flat.append((fr[:, None] * N + torch.gather(free_idx[fr], 1, a)).reshape(-1))
+                stat_pool += len(rel) * L * n_free
+                n_multi += len(rel)
+            start += L
+
+        # ---- assembly: raster order of the kept slots, each token at its own / anchor's slot
+        flat = torch.cat(out_flat)
+        order = torch.argsort(flat)
+        flat = flat[order]
+        feats = torch.cat(out_tok)[order].to(x.dtype)
+        H, W = video.grid_hw
+        pos = torch.stack([flat // N, (flat % N) // W, flat % W], dim=-1)
+        n_ctx = int(flat.numel()) - T * S
+        return CompressedTokens(
+            features=feats,
+            positions=pos,
+            stats={
+                "tokens_in": T * N,
+                "tokens_out": int(flat.numel()),
+                "frame_feature_source": g_src,
+                "adjacent_cosine": [float(v) for v in sim.float().tolist()],
+                "cut_indices": cuts,
+                "segments": len(sizes),
+                "segment_sizes": sizes,
+                "frame_retain_num": R,
+                "frame_salient_num": S,
+                "frame_context_num": C,
+                "context_budget_per_frame": budget,
+                "salient_kept": T * S,
+                "anchors": n_ctx,
+                "anchor_frames_single_pool": n_single,
+                "anchor_frames_segment_pool": n_multi,
+                "merged_pool_tokens": stat_pool,
+                "pruned": T * N - int(flat.numel()),
+            },
+        )

@@ -1,0 +1,182 @@
+"""Unit tests per OTT-Vid stage, each against an independent oracle."""
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from ottvid.stages import budget, mass, merge, spatial, transport
+
+
+def _random_problem(P, K, seed):
+    g = torch.Generator().manual_seed(seed)
+    C = torch.rand(P, K, K, generator=g, dtype=torch.float64)
+    a = torch.rand(P, K, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(P, K, generator=g, dtype=torch.float64) + 0.1
+    return a, b, C
+
+
+@pytest.mark.parametrize("eps,method", [(0.01, "sinkhorn_log"), (0.02, "sinkhorn_log"), (0.1, "sinkhorn")])
+def test_sinkhorn_matches_pot(eps, method):
+    a, b, C = _random_problem(5, 12, seed=int(eps * 1000))
+    plan = transport.sinkhorn(a, b, C, eps, iters=200)
+    W = transport.transport_difficulty(plan, C)
+    for p in range(5):
+        an, bn = (a[p] / a[p].sum()).numpy(), (b[p] / b[p].sum()).numpy()
+        ref = ot.sinkhorn(an, bn, C[p].numpy(), reg=eps, method=method, numItermax=200, stopThr=-1.0)
+        np.testing.assert_allclose(plan[p].numpy(), ref, rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(W[p].item(), float((ref * C[p].numpy()).sum()), rtol=1e-7)
+        # rows are updated last, so the frame-t marginal is exact
+        np.testing.assert_allclose(plan[p].sum(1).numpy(), an, rtol=1e-9)
+
+
+def test_sinkhorn_float32_log_domain_stays_finite_at_small_eps():
+    a, b, C = _random_problem(3, 30, seed=1)
+    plan = transport.sinkhorn(a.float(), b.float(), C.float() * 3, eps=0.01, iters=200)
+    assert torch.isfinite(plan).all()
+    torch.testing.assert_close(plan.sum((1, 2)), torch.ones(3), atol=1e-4, rtol=0)
+
+
+def test_total_budget_follows_official_rounding():
+    # ott_a: T=16, 14x14, r=0.25, K=74 -> 1184 - 784 = 400 (not K*T*(1-r_t) = 402.85)
+    assert budget.total_budget(16, 74, 196, 0.25) == 400
+    assert budget.total_budget(8, 49, 196, 0.25) == 0          # gamma = 0
+    assert budget.total_budget(2, 1, 5, 0.5) == 0               # round(5.0) = 5 > T*K
+
+
+def test_allocate_sums_to_total_and_respects_caps():
+    W = torch.tensor([0.10, 0.11, 0.5, 0.9, 0.12])
+    caps = torch.full((5,), 9, dtype=torch.long)
+    a = budget.allocate(W, 30, caps, tau_b=0.05)
+    assert int(a.B_t.sum()) == 30 and bool((a.B_t <= caps).all())
+    assert a.overflow >= 1 and a.rounds >= 2          # the cheap pairs overflow and are re-spread
+    # monotone: a harder pair never gets more budget than an easier one
+    order = torch.argsort(W)
+    assert bool((a.B_t[order][:-1] >= a.B_t[order][1:]).all())
+
+
+def test_allocate_uniform_and_infeasible():
+    W = torch.rand(7)
+    caps = torch.full((7,), 100, dtype=torch.long)
+    u = budget.allocate(W, 23, caps, tau_b=math.inf)
+    assert int(u.B_t.sum()) == 23 and int(u.B_t.max() - u.B_t.min()) <= 1
+    small = budget.allocate(W, 50, torch.full((7,), 3, dtype=torch.long), tau_b=0.3)
+    assert small.B_t.tolist() == [3] * 7 and small.unused == 50 - 21
+
+
+def _sequential_greedy(plan, B):
+    """Oracle: walk entries in descending order (ties to the lower flat index), claim each column once."""
+    K = plan.shape[1]
+    vals = plan.flatten().tolist()
+    order = sorted(range(len(vals)), key=lambda f: (-vals[f], f))
+    taken, out = set(), {}
+    for f in order:
+        if len(out) == B:
+            break
+        i, j = divmod(f, K)
+        if j not in taken:
+            taken.add(j)
+            out[j] = i
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_matches_equals_sequential_walk(seed):
+    g = torch.Generator().manual_seed(seed)
+    P, K = 4, 9
+    plan = torch.rand(P, K, K, generator=g)
+    if seed % 2:  # many exact ties, as with uniform mass
+        plan = (plan * 4).floor() / 4
+    B = torch.randint(0, K, (P,), generator=g)
+    acc, row = merge.greedy_matches(plan, B)
+    for p in range(P):
+        ref = _sequential_greedy(plan[p], int(B[p]))
+        got = {int(j): int(row[p, j]) for j in acc[p].nonzero().flatten()}
+        assert got == ref
+
+
+def test_union_merge_chains_average_uniformly_and_prune_drops_subtree():
+    T, K, D = 3, 2, 1
+    kept = torch.tensor([[[1.0], [10.0]], [[2.0], [20.0]], [[3.0], [30.0]]])
+    C = torch.zeros(2, K, K)
+    C[1, 1, 1] = 0.9  # (1,1) <- (2,1) is an expensive match: pruned
+    accepted = torch.tensor([[True, True], [True, True]])
+    parent_row = torch.tensor([[0, 0], [0, 1]])  # (0,0)<-(1,0), (0,0)<-(1,1), (1,0)<-(2,0), (1,1)<-(2,1)
+    res = merge.union_merge(kept, C, accepted, parent_row, tau_c=0.3)
+    assert res.keep.tolist() == [True, True, False, False, False, False]
+    # component of (0,0): {1, 2, 20, 3} -> uniform mean; (2,1) was pruned, not averaged
+    assert res.features[0].item() == pytest.approx((1 + 2 + 20 + 3) / 4)
+    assert res.n_merged == 3 and res.n_pruned == 1 and res.n_discarded == 1 and res.max_span == 3
+
+
+def test_coverage_select_matches_bruteforce_greedy():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 12, 5, generator=g)
+    s = torch.rand(2, 12, generator=g)
+    sim = spatial.cosine_similarity(x)
+    w = spatial.normalized_saliency(s)
+    got = spatial.coverage_select(sim, w, 4)
+    for t in range(2):
+        chosen, mu = [], torch.zeros(12)
+        for _ in range(4):
+            gains = [(-math.inf if j in chosen else float((w[t] * (sim[t, :, j] - mu).clamp_min(0)).sum()))
+                     for j in range(12)]
+            j = int(np.argmax(gains))
+            chosen.append(j)
+            mu = torch.maximum(mu, sim[t, :, j])
+        assert got[t].tolist() == sorted(chosen)
+
+
+def test_loo_mass_definition():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 10, 6, generator=g)
+    w = torch.rand(1, 10, generator=g)
+    w = w / w.sum()
+    sim = spatial.cosine_similarity(x)
+    sel = torch.tensor([[1, 4, 7]])
+    m = mass.loo_mass(sim, w, sel, tau_m=0.3)
+    S = sim[0][:, sel[0]]
+    top = S.topk(2, dim=1)
+    u = torch.zeros(3)
+    for i in range(10):
+        u[top.indices[i, 0]] += w[0, i] * (top.values[i, 0] - top.values[i, 1])
+    ref = torch.softmax(-(u / (u.max() + 1e-8)) / 0.3, 0)
+    torch.testing.assert_close(m[0], ref)
+    assert torch.equal(mass.loo_mass(sim, w, sel, math.inf), torch.ones(1, 3))
+
+
+def test_alpha_variants():
+    x = torch.randn(3, 16, 8)
+    x[1] = x[0]  # identical pair -> s = 1 -> alpha = 0.5
+    a = transport.pair_alpha(x, (4, 4), "position")
+    assert a[0].item() == pytest.approx(0.5, abs=1e-6)
+    assert torch.all((a >= 0.5) & (a <= 1.0))
+    assert transport.pair_alpha(x, (4, 4), "global")[0].item() == pytest.approx(0.5, abs=1e-6)
+    assert transport.pair_alpha(x, (4, 4), "kernel")[0].item() == pytest.approx(0.5, abs=1e-6)
+    assert transport.pair_alpha(-x, (4, 4), "position").shape == (2,)
+    assert transport.pair_alpha(x, (4, 4), 0.7).tolist() == pytest.approx([0.7, 0.7])
+    y = torch.randn(2, 16, 8)
+    y[1] = -y[0]  # anti-correlated: s < 0 clamps to alpha = 1
+    assert transport.pair_alpha(y, (4, 4), "position")[0].item() == pytest.approx(1.0)
+
+
+def test_cost_range_and_locality():
+    feat = torch.randn(2, 5, 4)
+    pos = transport.grid_coords(5, 1, torch.device("cpu")).expand(2, 5, 2)
+    C = transport.pair_cost(feat, pos, torch.tensor([1.0]))
+    assert C.min() >= 0 and C.max() <= 1 + 1e-6
+    same = transport.pair_cost(feat.expand(2, 5, 4).clone() * 0 + 1, pos, torch.tensor([0.5]))
+    # identical features: cost is the scaled distance only, zero on the diagonal
+    assert torch.allclose(torch.diagonal(same[0]), torch.zeros(5), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["topk", "divprune", "scope", "coverage", "adts"])
+def test_spatial_variants_pick_K_distinct(name):
+    x = torch.randn(3, 20, 6)
+    x[:, 10:] = x[:, :10]  # duplicates must not be picked twice
+    s = torch.softmax(torch.randn(3, 20), -1)
+    sel = spatial.select(name, x, s, 7)
+    assert sel.shape == (3, 7)
+    assert all(len(set(r.tolist())) == 7 for r in sel)
+    assert torch.equal(sel, sel.sort(dim=1).values)
