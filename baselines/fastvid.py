@@ -16,6 +16,7 @@ Stages (paper Sec. 3):
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -182,6 +183,24 @@ def qwen_budgets(sizes: list[int], below_ignore: list[bool], N: int, retention: 
     return [max(v, 0) for v in sal], ctx, runs_all
 
 
+def dtm_single(anchors: torch.Tensor, anchors_n: torch.Tensor, pool: torch.Tensor, pool_n: torch.Tensor,
+               beta: float) -> torch.Tensor:
+    """DTM of one anchor frame (Sec. 3.2, Eq. 6) with 2-D matmuls, as the Qwen2.5-VL integration does.
+
+    (K, D) anchors absorb a (P, D) pool; `*_n` are the L2-normalised rows. Same rule as `dtm`
+    (argmax cosine, w = max(1 / (|A_a| + 1), beta)); |A_a| can be 0 here (anchors are not in their
+    own pool), giving w = 1. One `mm` per frame, not a `bmm`: batched and single GEMMs round
+    differently, and this reproduces the official per-frame products bit for bit.
+    """
+    sim = torch.mm(pool_n, anchors_n.T)
+    assign = torch.zeros(pool.shape[0], anchors.shape[0], dtype=pool.dtype, device=pool.device)
+    assign.scatter_(1, sim.argmax(dim=1, keepdim=True), 1)
+    n = assign.sum(dim=0).unsqueeze(-1)
+    w = (1 / (n + 1)).clamp(min=beta)
+    mean = torch.mm(assign.T, pool) / n.clamp(min=1)
+    return w * anchors + (1 - w) * mean
+
+
 def _groups(keys: list) -> dict:
     """Frame indices grouped by key, in ascending frame order (one batched call per group)."""
     out: dict = {}
@@ -236,29 +255,26 @@ def _compress_qwen2_5_vl(P, video: VideoTokens) -> CompressedTokens:
             for i, r in enumerate(rows):
                 anchor_flat[frames[r]] = slots[i]
 
-    # ---- DTM: each anchor frame's pool = its segment minus the segment's salient tokens and its anchors
-    seg_of = [i for i, L in enumerate(sizes) for _ in range(L)]
-    seg_lo = [sum(sizes[:i]) for i in range(len(sizes))]
+    # ---- DTM: an anchor frame's pool = its segment minus the segment's salient tokens and its own
+    # anchors (collapsed frames and other anchor frames' anchors included); one mm per anchor frame
+    seg_lo = [lo for lo, L in zip([0] + list(itertools.accumulate(sizes)), sizes) for _ in range(L)]
+    seg_hi = [lo + L for lo, L in zip([0] + list(itertools.accumulate(sizes)), sizes) for _ in range(L)]
     x_flat = x.reshape(T * N, D)
-    out_tok = [x_flat[is_sal.reshape(-1)]]
-    out_flat = [torch.nonzero(is_sal.reshape(-1)).squeeze(1)]
+    not_sal = ~is_sal.reshape(-1)
+    out_tok = [x_flat[~not_sal]]
+    out_flat = [torch.nonzero(~not_sal).squeeze(1)]
     stat_pool = 0
     if ctx_frames:
-        ar = torch.arange(T * N, device=dev)
-        lo = torch.tensor([seg_lo[seg_of[t]] * N for t in ctx_frames], device=dev)
-        hi = torch.tensor([(seg_lo[seg_of[t]] + sizes[seg_of[t]]) * N for t in ctx_frames], device=dev)
-        elig = (ar >= lo[:, None]) & (ar < hi[:, None]) & ~is_sal.reshape(1, -1)
-        for i, t in enumerate(ctx_frames):
-            elig[i, anchor_flat[t]] = False
-        n_pool = elig.sum(dim=1).tolist()
-        for (n_p, k), fr in _groups([(n_pool[i], ctx[t]) for i, t in enumerate(ctx_frames)]).items():
-            rows_t = torch.tensor(fr, device=dev)
-            a_idx = torch.stack([anchor_flat[ctx_frames[i]] for i in fr])                 # (F, k)
-            p_idx = ar.expand(len(fr), -1)[elig[rows_t]].view(len(fr), n_p)              # (F, n_p)
-            merged, _ = dtm(x_flat[a_idx], x_flat[p_idx], P.beta)
-            out_tok.append(merged.reshape(-1, D))
-            out_flat.append(a_idx.reshape(-1))
-            stat_pool += len(fr) * n_p
+        xn = x_flat / x_flat.norm(dim=-1, keepdim=True)
+    for t in ctx_frames:
+        lo, hi = seg_lo[t] * N, seg_hi[t] * N
+        a_idx = anchor_flat[t]
+        in_pool = not_sal[lo:hi].clone()
+        in_pool[a_idx - lo] = False
+        p_idx = torch.nonzero(in_pool).squeeze(1) + lo
+        out_tok.append(dtm_single(x_flat[a_idx], xn[a_idx], x_flat[p_idx], xn[p_idx], P.beta))
+        out_flat.append(a_idx)
+        stat_pool += int(p_idx.numel())
 
     # ---- assembly: raster order, each token at its own / its anchor's slot (original M-RoPE ids)
     flat = torch.cat(out_flat)
