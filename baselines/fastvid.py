@@ -13,6 +13,12 @@ Stages (paper Sec. 3):
           delta * rho (+ 1e-6 U(0,1) tie noise on rho).
   DTM     every pool token joins its most cosine-similar anchor; the anchor becomes
           y = w x_a + (1 - w) mean(assigned), w = max(1 / (n + 1), beta).
+
+``variant="qwen2_5_vl"`` instead follows the official Qwen2.5-VL integration
+(``fastvid_qwen25vl/.../modeling_qwen2_5_vl.py``, ``Qwen2_5_VLForConditionalGeneration.forward``):
+tau 0.84, near-duplicate frames (cosine >= ignore_tau = 0.95 to the next) collapsed inside a
+segment, per-segment budgets with context max(int(R L d), 1) capped at N // 2 per anchor frame,
+per-frame noise draws and per-anchor-frame merge pools (see `qwen_budgets`, `_compress_qwen2_5_vl`).
 """
 from __future__ import annotations
 
