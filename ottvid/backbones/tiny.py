@@ -21,10 +21,12 @@ import torch
 FAMILIES = ("qwen2_5_vl", "llava_onevision", "llava_video")
 SEED = 0
 DONE = ".ottvid_tiny_done"
-BUILD_VERSION = "3"  # bump when the builders change: cached builds of another version are rebuilt
-# Whole-word tokens of a benchmark answer (" B." for multiple choice, " 1 - 3" for grounding, spans
-# inside the synthetic clips); their output-embedding rows are scaled by ANSWER_GAIN (see `_reinit`).
-ANSWER_TOKENS = [" A.", " B.", " C.", " D."] + [f" {a} - {b}" for a, b in ((0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (0, 3))]
+BUILD_VERSION = "4"  # bump when the builders change: cached builds of another version are rebuilt
+# Whole-word answer tokens, each an option letter and a time span inside the synthetic clips
+# (" C. 0 - 2"), so whatever the untrained model picks parses as a multiple-choice answer and as a
+# grounding answer; their output-embedding rows are scaled by ANSWER_GAIN (see `_reinit`).
+ANSWER_TOKENS = [f" {c}. {a} - {b}" for c, (a, b) in zip("ABCDABCD", ((0, 1), (1, 2), (0, 2), (1, 3),
+                                                                     (2, 3), (0, 3), (1, 3), (0, 2)))]
 ANSWER_GAIN = 4.0
 # Per-checkpoint protocol overrides read by the adapters (see backbones/common.py).
 DEFAULTS_FILE = "ottvid_backbone.json"
@@ -200,7 +202,7 @@ def _reinit(model: torch.nn.Module, tok) -> None:
     """Seeded N(0, 0.2) weights (larger than the default init, so the tiny model's logits differ by input).
 
     The output-embedding rows of the answer tokens are scaled by ANSWER_GAIN, so greedy decoding
-    writes answer-shaped text (" B. 1 - 3") whose content still depends on the video: the synthetic
+    writes answer-shaped text (" B. 1 - 2") whose content still depends on the video: the synthetic
     benchmarks' parsers then score the untrained model near chance instead of at exactly zero, and
     compressed runs differ measurably from vanilla.
     """
