@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..contract import CompressedTokens, VideoTokens
+from ..efficiency import prefill_tflops
 from ..registry import build_compressor
 from .video import Frames, load_frames
 
@@ -246,6 +247,9 @@ class Adapter:
             "prefill_ms": ms.get("prefill", 0.0),
             "ttft_ms": ms.get("vision", 0.0) + ms.get("compress", 0.0) + ms.get("splice", 0.0) + ms.get("prefill", 0.0),
             "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+            # analytic LLM prefill cost of the spliced sequence (ottvid/efficiency.py, docs/efficiency.md)
+            "prefill_tokens": int(prep.inputs_embeds.shape[1]),
+            "tflops": prefill_tflops(self.model.config, prep.inputs_embeds.shape[1]),
             "frames": len(prep.extras.get("frame_indices", [])) or prep.video.num_frames,
             "grid_thw": [prep.video.num_frames, *prep.video.grid_hw],
             "method_stats": _plain(prep.compressed.stats),
