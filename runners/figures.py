@@ -201,7 +201,8 @@ def figure_a3(groups: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], ret
             ax.hist(s["rho"], bins=bins, range=(0, hi), color=BLUE, alpha=0.8)
             ax.axvline(s["rho_star"], color=RED, ls="--", lw=1.2)
             ax.text(0.97, 0.95, f"$\\rho^*$={s['rho_star']:.2f}\n>cap: {100 * s['overflow_rate']:.2f}%",
-                    transform=ax.transAxes, ha="right", va="top", fontsize=7, color=RED)
+                    transform=ax.transAxes, ha="right", va="top", fontsize=7, color=RED,
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
             if i == 0:
                 ax.set_title(bn, fontsize=9)
             if j == 0:
@@ -229,7 +230,9 @@ def figure_a4(videos: Mapping[str, Mapping[str, Any]], out: str | Path) -> tuple
         raise ValueError("videos: empty")
     fig, axes = plt.subplots(len(videos), 1, figsize=(6.0, 2.2 * len(videos)), squeeze=False)
     rows = []
-    for ax, (title, s) in zip(axes[:, 0], videos.items()):
+    # one W_t scale for every panel, from 0, so a static video's uniformly low W_t reads as such
+    w_max = max(max(np.asarray(s.get("method_stats", s)["W_t"], float).max(initial=0) for s in videos.values()), 1e-6)
+    for k, (ax, (title, s)) in enumerate(zip(axes[:, 0], videos.items())):
         st = s.get("method_stats", s)
         W, B = np.asarray(st["W_t"], float), np.asarray(st["B_t"], float)
         if W.shape != B.shape:
@@ -241,9 +244,12 @@ def figure_a4(videos: Mapping[str, Mapping[str, Any]], out: str | Path) -> tuple
         tw = ax.twinx()
         tw.plot(t, W, "-o", color=RED, ms=3, label="$W_t$")
         tw.set_ylabel("$W_t$", color=RED)
-        ax.set_xlabel("frame pair $t$")
+        tw.set_ylim(0, 1.1 * w_max)
+        if k == len(videos) - 1:
+            ax.set_xlabel("frame pair $t$")
         for ti, w, b in zip(t, W, B):
             rows.append((title, int(ti), float(w), float(b)))
+    fig.tight_layout()
     png = _save(fig, out.with_suffix(".png"))
     return png, _write_csv(out.with_suffix(".csv"), ["video", "pair", "W_t", "B_t"], rows)
 
