@@ -26,3 +26,43 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m ottvid.bench
+
+# ---- experiment harness (docs/harness.md) -------------------------------------------------
+# EXTRA: extra Hydra overrides for every cell, e.g. EXTRA="limit=20 wandb.mode=disabled".
+# DRY=1 lists an experiment's cells (done / pending) without running them.
+EXTRA   ?=
+DRYARG  := $(if $(DRY),dry_run=true,)
+EXP     ?= table1
+
+.PHONY: demo table1 table2 ablations efficiency sweep synthetic
+
+synthetic: setup
+	$(PY) -m tasks.synthetic.generate
+
+# Table 1 grid on the tiny offline Qwen2.5-VL and the six synthetic shards, on CPU.
+demo: setup synthetic
+	$(PY) -m runners.sweep experiment=demo $(EXTRA)
+	$(PY) -m runners.aggregate experiment=demo $(EXTRA)
+
+table1: setup
+	$(PY) -m runners.sweep experiment=table1 $(DRYARG) $(EXTRA)
+	$(if $(DRY),,$(PY) -m runners.aggregate experiment=table1 $(EXTRA))
+
+table2: setup
+	$(PY) -m runners.sweep experiment=table2 $(DRYARG) $(EXTRA)
+	$(if $(DRY),,$(PY) -m runners.aggregate experiment=table2 $(EXTRA))
+
+ablations: setup
+	for e in table3 gamma_sweep tau_b tau_m tau_c alpha spatial; do \
+	  $(PY) -m runners.sweep experiment=$$e $(DRYARG) $(EXTRA) || exit 1; \
+	  $(if $(DRY),true,$(PY) -m runners.aggregate experiment=$$e $(EXTRA)) || exit 1; \
+	done
+
+efficiency: setup
+	$(PY) -m runners.sweep experiment=table4 $(DRYARG) $(EXTRA)
+	$(if $(DRY),,$(PY) -m runners.aggregate experiment=table4 $(EXTRA))
+
+# Any experiment: make sweep EXP=tau_b EXTRA="launcher=hydra hydra/launcher=slurm"
+sweep: setup
+	$(PY) -m runners.sweep experiment=$(EXP) $(DRYARG) $(EXTRA)
+	$(if $(DRY),,$(PY) -m runners.aggregate experiment=$(EXP) $(EXTRA))

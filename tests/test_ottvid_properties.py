@@ -121,3 +121,13 @@ def test_video_tokens_validate_shapes(kwargs, arg):
     base = dict(features=torch.randn(2, 6, 4), grid_hw=(2, 3), saliency=torch.rand(2, 6))
     with pytest.raises(ValueError, match=arg):
         VideoTokens(**{**base, **kwargs})
+
+
+def test_tau_c_inf_merges_every_match_and_zero_prunes_every_match():
+    """tau_c = inf is the official `None` (no threshold); tau_c = 0 prunes every costly match."""
+    v = synthetic_video(8, 6, 6, 16, seed=4)
+    merged = build_compressor("ottvid", retention=0.1, tau_c=math.inf)(v).stats
+    assert merged["n_pruned"] == 0 and merged["n_merged"] == sum(merged["B_t"])
+    pruned = build_compressor("ottvid", retention=0.1, tau_c=0.0)(v)
+    assert pruned.stats["n_merged"] + pruned.stats["n_pruned"] == sum(pruned.stats["B_t"])
+    assert pruned.count == round(0.1 * 8 * 36)  # pruning never changes the count

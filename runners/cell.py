@@ -1,0 +1,169 @@
+"""A cell = (backbone, method + hyperparameters, benchmark): resolution, validation, identity.
+
+`resolve_cell(cfg)` turns a composed Hydra config into a plain `Cell`, validating every value
+with the method registry (`ottvid.build_compressor`) before anything is loaded, so a typo or an
+out-of-range value fails in milliseconds with a message naming it and the valid choices.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import ottvid
+
+# Top-level config keys that are not method hyperparameters.
+BASE_KEYS = {"retention", "seed", "limit", "batch_size", "force", "dry_run", "results_dir", "experiment_name",
+             "progress", "wandb", "backbone", "method", "benchmark", "grid", "launcher", "fail_fast", "hydra",
+             "tables_dir"}
+
+
+class CellError(ValueError):
+    """An invalid cell (bad override); raised before any model work."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    backbone: dict
+    method: str
+    hparams: dict            # every hyperparameter of the method, registry defaults filled in
+    benchmark: dict
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int = 1
+    experiment: str = "adhoc"
+    model_args_extra: dict = field(default_factory=dict)
+
+    # -- identity -------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What determines the result (and so the file name): not the experiment tag."""
+        b = self.backbone
+        return {
+            "backbone": {k: b.get(k) for k in ("name", "model", "pretrained", "max_frames_num", "fps", "dtype")},
+            "method": self.method,
+            "hparams": {k: _canon(v) for k, v in sorted(self.hparams.items())},
+            "task": self.benchmark["task"],
+            "model_args_extra": {k: _canon(v) for k, v in sorted(self.model_args_extra.items())},
+            "seed": self.seed,
+            "limit": self.limit,
+        }
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def retention(self) -> float:
+        return float(self.hparams.get("retention", 1.0))
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(self.hparams.items())
+                         if k != "retention" and v != self.defaults().get(k))
+        return (f"{self.backbone['name']}/{self.method}@{_fmt(self.retention)}"
+                f"{'[' + extra + ']' if extra else ''}/{self.benchmark['name']}")
+
+    def filename(self) -> str:
+        return f"{self.benchmark['name']}__{self.backbone['name']}__{self.method}__r{_fmt(self.retention)}__{self.key}.json"
+
+    def defaults(self) -> dict:
+        return ottvid.method_params(self.method)
+
+    def model_args(self, pretrained: str | None = None) -> dict:
+        """`model_args` of the lmms-eval plugin (keys fixed by the adapters' interface)."""
+        b = self.backbone
+        args = {"pretrained": pretrained or b["pretrained"], "method": self.method, **self.hparams,
+                "max_frames_num": b["max_frames_num"], "device": b["device"], "dtype": b["dtype"], "seed": self.seed}
+        if b.get("fps") is not None:
+            args["fps"] = b["fps"]
+        args.update(self.model_args_extra)
+        return args
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["key"] = self.key
+        d["label"] = self.label
+        return d
+
+
+def _canon(v: Any) -> Any:
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf"
+        return round(v, 10)
+    return v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:g}"
+    return str(v)
+
+
+def _choices(msg: str, choices) -> str:
+    return f"{msg}; choices: {', '.join(map(str, choices))}"
+
+
+def resolve_cell(cfg: DictConfig) -> Cell:
+    """Validate a composed config and return its cell. Raises CellError naming the bad value."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    methods = ottvid.list_methods()
+    method = (c.get("method") or {}).get("name")
+    if method not in methods:
+        raise CellError(_choices(f"unknown method {method!r}", methods))
+    hp_names = list(ottvid.method_params(method))
+    unknown = sorted(k for k in c if k not in BASE_KEYS and k not in hp_names)
+    if unknown:
+        raise CellError(_choices(f"unknown hyperparameter(s) {unknown} for method {method!r}", hp_names))
+    r = c.get("retention")
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < float(r) <= 1.0:
+        raise CellError(f"retention: must be a number in (0, 1], got {r!r}")
+    hparams = {k: c[k] for k in hp_names if k in c and k != "retention"}
+    if "retention" in hp_names:
+        hparams["retention"] = 1.0 if method == "vanilla" else float(r)
+    # drop nulls so that the registry's default (e.g. "derived from retention") applies
+    given = {k: v for k, v in hparams.items() if v is not None}
+    try:
+        compressor = ottvid.build_compressor(method, **given)
+    except (ValueError, TypeError) as e:
+        raise CellError(f"method {method!r}: {e}") from e
+    resolved = _params_dict(compressor, hp_names, given)
+
+    bk, bm = c.get("backbone") or {}, c.get("benchmark") or {}
+    for need in ("name", "model", "family", "max_frames_num", "device", "dtype"):
+        if need not in bk:
+            raise CellError(f"backbone config lacks {need!r}")
+    for need in ("name", "task", "metric", "family", "column"):
+        if need not in bm:
+            raise CellError(f"benchmark config lacks {need!r}")
+    if bm["family"] == "vtg" and not bk.get("vtg", False):
+        raise CellError(f"benchmark {bm['name']!r} is temporal grounding, which backbone {bk['name']!r} does not "
+                        f"support (PROTOCOL.md: VTG on Qwen2.5-VL only)")
+    if not bk.get("tiny") and not bk.get("pretrained"):
+        raise CellError(f"backbone {bk['name']!r}: `pretrained` is required for a non-tiny backbone")
+    limit = c.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise CellError(f"limit: must be a positive integer or null, got {limit!r}")
+    return Cell(backbone=bk, method=method, hparams=resolved, benchmark=bm, seed=int(c.get("seed", 0)),
+                limit=limit, batch_size=int(c.get("batch_size", 1)), experiment=str(c.get("experiment_name", "adhoc")),
+                model_args_extra={**(bk.get("model_args") or {}), **(bm.get("model_args") or {})})
+
+
+def _params_dict(compressor: Any, names: list[str], given: dict) -> dict:
+    """The validated hyperparameters as the method will use them (defaults filled in)."""
+    params = getattr(compressor, "params", None)
+    out = {}
+    for k in names:
+        v = getattr(params, k, given.get(k))
+        out[k] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
+
+
+def cell_path(cell: Cell, runs_dir: Path) -> Path:
+    return Path(runs_dir) / cell.filename()

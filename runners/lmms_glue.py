@@ -1,0 +1,172 @@
+"""lmms-eval's Python API for one cell: task manager, the plugin model, per-sample scores.
+
+Models and task indexes are cached per process, so a sweep in one process (the sweep runner,
+Hydra's basic launcher) loads each (backbone, method config) once and reuses it across
+benchmarks; each cell reads only the `sample_stats` entries its own evaluation appended.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from .cell import Cell
+from .scoring import sample_scores
+from .store import REPO_ROOT
+
+TASKS_DIR = REPO_ROOT / "tasks"
+_TASK_MANAGERS: dict[bool, Any] = {}
+_MODELS: dict[str, Any] = {}
+_TINY: dict[str, str] = {}
+
+
+def task_manager(include_defaults: bool):
+    """lmms-eval TaskManager with `tasks/` on the include path (built-in index only if needed)."""
+    if include_defaults not in _TASK_MANAGERS:
+        from lmms_eval.tasks import TaskManager
+
+        _TASK_MANAGERS[include_defaults] = TaskManager(
+            include_path=str(TASKS_DIR), include_defaults=include_defaults, verbosity="WARNING")
+    return _TASK_MANAGERS[include_defaults]
+
+
+def pretrained_path(cell: Cell) -> str:
+    """The checkpoint to load: the configured one, or the offline tiny build for tiny backbones."""
+    b = cell.backbone
+    if b.get("pretrained"):
+        return str(b["pretrained"])
+    fam = b["family"]
+    if fam not in _TINY:
+        from ottvid.backbones.tiny import build_tiny
+
+        _TINY[fam] = str(build_tiny(fam, REPO_ROOT / "cache" / "tiny" / fam))
+    return _TINY[fam]
+
+
+def load_model(cell: Cell):
+    """The lmms-eval plugin instance for this cell's (backbone, method, hyperparameters)."""
+    from lmms_eval.models import get_model
+
+    args = cell.model_args(pretrained_path(cell))
+    key = repr(sorted(args.items()))
+    if key not in _MODELS:
+        _MODELS.clear()  # keep one model resident
+        cls = get_model(cell.backbone["model"])
+        _MODELS[key] = cls(**args, batch_size=cell.batch_size)
+    return _MODELS[key]
+
+
+def evaluate(cell: Cell) -> dict:
+    """Run lmms-eval on the cell's task; return metrics, per-sample scores and stats."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    if cell.benchmark.get("synthetic") and not _TINY.get("_shards"):
+        from tasks.synthetic.generate import generate
+
+        generate()  # idempotent; seconds on first use
+        _TINY["_shards"] = "ok"
+    tm = task_manager(bool(cell.benchmark.get("include_defaults", True)))
+    t0 = time.time()
+    lm = load_model(cell)
+    t_load = time.time() - t0
+    stats = getattr(lm, "sample_stats", None)
+    n_before = len(stats) if isinstance(stats, list) else 0
+    t1 = time.time()
+    res = simple_evaluate(model=lm, tasks=[cell.benchmark["task"]], task_manager=tm, limit=cell.limit,
+                          log_samples=True, batch_size=cell.batch_size, bootstrap_iters=0,
+                          random_seed=cell.seed, numpy_random_seed=1234 + cell.seed,
+                          torch_random_seed=1234 + cell.seed, fewshot_random_seed=1234 + cell.seed,
+                          verbosity="WARNING")
+    t_eval = time.time() - t1
+    if res is None:
+        raise RuntimeError("lmms-eval returned no results (non-zero rank?)")
+    metric = cell.benchmark["metric"]
+    results = res.get("results", {})
+    samples = res.get("samples", {})
+    task = cell.benchmark["task"]
+    # a group task (MVBench: 20 subtasks) logs samples per subtask
+    subtasks = [t for t in samples if t != task] if task not in samples else [task]
+    scores, groups, responses = {}, {}, {}
+    for t in sorted(subtasks):
+        prefix = "" if t == task else f"{t}/"
+        sc, gr = sample_scores(samples[t], metric, prefix)
+        scores.update(sc)
+        groups.update(gr)
+        for s in samples[t]:
+            r = s.get("filtered_resps") or s.get("resps")
+            responses[f"{prefix}{s['doc_id']}"] = r[0] if isinstance(r, list) and r else r
+    value = _headline(results, task, subtasks, metric)
+    per_sample = list(stats[n_before:]) if isinstance(stats, list) else []
+    return {
+        "metrics": {t: {k: v for k, v in m.items() if _is_number(v)} for t, m in results.items()},
+        "metric": metric,
+        "metric_value": value,
+        "score": None if value is None else value * float(cell.benchmark.get("scale", 1.0)),
+        "n": len(scores),
+        "per_sample": {"scores": scores, "groups": groups or None, "responses": responses},
+        "sample_stats": per_sample,
+        "stats_summary": summarize_stats(per_sample),
+        "timing": {"model_load_s": t_load, "evaluate_s": t_eval},
+        "lmms_eval_config": res.get("config", {}),
+    }
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _headline(results: dict, task: str, subtasks: list[str], metric: str) -> float | None:
+    """The benchmark score lmms-eval reports; for a group without its own aggregate, the mean of
+    its subtasks' scores (MVBench: 20 equal-size subtasks)."""
+    for t in (task,):
+        for k, v in results.get(t, {}).items():
+            if k.split(",")[0] == metric and _is_number(v):
+                return float(v)
+    vals = [float(v) for t in subtasks for k, v in results.get(t, {}).items()
+            if k.split(",")[0] == metric and _is_number(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+STAT_FIELDS = ("tokens_in", "tokens_out", "vision_ms", "compress_ms", "prefill_ms", "ttft_ms", "peak_mem_gb")
+
+
+def summarize_stats(rows: list[dict]) -> dict:
+    """Mean / median / max of each timing and token field over samples; achieved retention."""
+    out: dict[str, Any] = {"samples": len(rows)}
+    for f in STAT_FIELDS:
+        vals = [float(r[f]) for r in rows if _is_number(r.get(f))]
+        if vals:
+            out[f] = {"mean": statistics.fmean(vals), "median": statistics.median(vals), "max": max(vals),
+                      "sum": sum(vals)}
+    tin = out.get("tokens_in", {}).get("sum")
+    tout = out.get("tokens_out", {}).get("sum")
+    if tin:
+        out["achieved_retention"] = tout / tin if tout is not None else None
+    return out
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformers", "lmms-eval", "hydra-core", "ottvid-harness", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    import platform
+
+    out["python"] = platform.python_version()
+    return out
+
+
+def git_sha() -> dict:
+    import subprocess
+
+    def run(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    return {"sha": run("rev-parse", "HEAD") or None, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}

@@ -1,0 +1,76 @@
+"""Evaluate one cell end to end and store it: skip if done, claim, evaluate, write, log.
+
+A failing cell is written with status `failed`, its error and traceback, and the caller goes
+on with the next cell; `force=True` re-runs done cells.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import store
+from .cell import Cell, cell_path, resolve_cell
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict | None = None,
+             wandb_group: str | None = None, config: dict | None = None) -> tuple[str, dict | None]:
+    """Returns (outcome, record): outcome in done | failed | skipped | busy."""
+    path = cell_path(cell, runs_dir)
+    if not force and store.is_done(path):
+        return "skipped", store.read(path)
+    claim = store.Claim(path)
+    if not claim.acquire():
+        return "busy", None
+    from . import lmms_glue
+
+    with claim:
+        record = {"cell": cell.as_dict(), "status": "running", "error": None, "started": now(),
+                  "experiment": cell.experiment, "config": config, "versions": lmms_glue.versions(),
+                  "git": lmms_glue.git_sha()}
+        t0 = time.time()
+        try:
+            out = lmms_glue.evaluate(cell)
+            if out["score"] is None or out["n"] == 0:
+                raise RuntimeError(f"lmms-eval reported no {out['metric']!r} for task {cell.benchmark['task']!r}: "
+                                   f"{out['metrics']}")
+            record.update(out)
+            record["status"] = "done"
+        except Exception as e:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
+            record["status"] = "failed"
+            record["error"] = f"{type(e).__name__}: {e}"
+            record["traceback"] = traceback.format_exc()
+        record["finished"] = now()
+        record["wall_s"] = time.time() - t0
+        try:
+            record["wandb"] = _wandb(record, wandb_cfg, wandb_group or cell.experiment, runs_dir)
+        except Exception as e:  # noqa: BLE001 - logging must not lose a result
+            record["wandb"] = {"error": f"{type(e).__name__}: {e}"}
+        store.atomic_write_json(path, record)
+    return record["status"], record
+
+
+def _wandb(record: dict, wcfg: dict | None, group: str, runs_dir: Path):
+    from .wandb_log import log_cell
+
+    if not wcfg:
+        return None
+    return log_cell(wcfg, group, record, str(Path(runs_dir).parent / "wandb"))
+
+
+def cell_from_cfg(cfg: DictConfig) -> Cell:
+    return resolve_cell(cfg)
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("hydra", None)
+    c.pop("grid", None)
+    return c

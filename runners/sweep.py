@@ -1,0 +1,167 @@
+"""Run an experiment's grid: `python -m runners.sweep experiment=table1 [dry_run=true]`.
+
+The grid is the experiment config's `grid:` list of sub-grids (cartesian products of Hydra
+overrides; `@registry` in `method` = every registered method but vanilla). Every cell is
+composed and validated first (a bad value fails before any model loads), duplicates are
+merged (vanilla at any ratio is one cell), done cells are skipped, and the rest run:
+
+- `launcher=local` (default): in this process, ordered so each model loads once, with a
+  progress bar over cells (lmms-eval's bar runs over samples);
+- `launcher=hydra`: one `runners.evaluate` Hydra multirun per sub-grid through
+  `hydra/launcher` (e.g. `hydra/launcher=slurm`: one SLURM job per cell).
+
+Any other override (backbone=..., limit=..., wandb.mode=...) applies to every cell.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import ottvid
+
+from .cell import Cell, CellError, cell_path, resolve_cell
+from .run import plain_config, run_cell
+from .store import REPO_ROOT, is_done, resolve_dir
+
+CONFIG_DIR = str(REPO_ROOT / "configs")
+SWEEP_KEYS = {"launcher", "fail_fast"}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) and v == float("inf"):
+        return "inf"
+    return str(v)
+
+
+def expand_grid(grid: list[dict]) -> list[list[list[str]]]:
+    """Sub-grids -> for each, the list of override lists of its cells."""
+    out = []
+    for sub in grid:
+        keys = list(sub)
+        values = []
+        for k in keys:
+            vals = sub[k] if isinstance(sub[k], list) else [sub[k]]
+            if k == "method":
+                vals = [m for v in vals for m in ([x for x in ottvid.list_methods() if x != "vanilla"]
+                                                  if v == "@registry" else [v])]
+            values.append(vals)
+        out.append([[f"{k}={_fmt(v)}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)])
+    return out
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], dict]:
+    """Sweep-only keys (launcher, fail_fast) vs overrides passed on to every cell."""
+    cell_ov, opts = [], {}
+    for a in argv:
+        k, _, v = a.partition("=")
+        if k.lstrip("+") in SWEEP_KEYS:
+            opts[k.lstrip("+")] = v
+        else:
+            cell_ov.append(a)
+    return cell_ov, opts
+
+
+def plan(argv: list[str]) -> tuple[object, list[tuple[Cell, list[str], dict]], list[list[list[str]]]]:
+    """Compose and validate every cell of the experiment. Raises CellError on the first bad one."""
+    overrides, _ = _split_overrides(argv)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        base = compose("evaluate", overrides=overrides)
+        if not base.get("grid"):
+            raise CellError("no grid: pass experiment=<name>; choices: " + ", ".join(
+                sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))))
+        grid = OmegaConf.to_container(base.grid, resolve=True)
+        subgrids = expand_grid(grid)
+        cells, seen = [], set()
+        for sub in subgrids:
+            for ov in sub:
+                try:
+                    cfg = compose("evaluate", overrides=overrides + ov)
+                except Exception as e:  # hydra's own message lists the valid options
+                    raise CellError(f"{' '.join(ov)}: {e}") from None
+                cell = resolve_cell(cfg)
+                if cell.key in seen:
+                    continue
+                seen.add(cell.key)
+                cells.append((cell, ov, plain_config(cfg)))
+    return base, cells, subgrids
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        base, cells, subgrids = plan(argv)
+    except CellError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    overrides, opts = _split_overrides(argv)
+    runs = resolve_dir(base.results_dir)
+    done = [c for c, _, _ in cells if is_done(cell_path(c, runs))]
+    pending = [t for t in cells if not (not base.force and is_done(cell_path(t[0], runs)))]
+    print(f"experiment {base.experiment_name}: {len(cells)} cells, {len(done)} done, {len(pending)} to run "
+          f"-> {runs}", flush=True)
+    if base.dry_run:
+        for c, _, _ in cells:
+            state = "done" if is_done(cell_path(c, runs)) else "pending"
+            print(f"  {state:7s} {c.label}")
+        return 0
+    launcher = opts.get("launcher", base.get("launcher", "local"))
+    if launcher == "hydra":
+        return _via_hydra(overrides, subgrids)
+    if launcher != "local":
+        print(f"error: launcher={launcher!r}; choices: local, hydra", file=sys.stderr)
+        return 2
+    return _local(base, pending, runs, fail_fast=str(opts.get("fail_fast", base.get("fail_fast", False))).lower() == "true")
+
+
+def _local(base, pending, runs: Path, fail_fast: bool) -> int:
+    from tqdm import tqdm
+
+    # one model per (backbone, method, hyperparameters): run its benchmarks back to back
+    pending = sorted(pending, key=lambda t: (t[0].backbone["name"], t[0].method,
+                                             repr(sorted(t[0].hparams.items())), t[0].benchmark["name"]))
+    wcfg = OmegaConf.to_container(base.wandb, resolve=True)
+    group = str(base.wandb.get("group") or base.experiment_name)
+    failed = 0
+    bar = tqdm(pending, desc=f"{base.experiment_name} cells", unit="cell", disable=not base.progress,
+               file=sys.stdout, position=0)
+    for cell, _, cfg in bar:
+        bar.set_postfix_str(cell.label[-60:])
+        outcome, rec = run_cell(cell, runs, force=bool(base.force), wandb_cfg=wcfg, wandb_group=group, config=cfg)
+        if outcome == "failed":
+            failed += 1
+            tqdm.write(f"[failed] {cell.label}: {rec.get('error')}")
+            if fail_fast:
+                break
+    bar.close()
+    print(f"{len(pending) - failed} cells evaluated, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+def _via_hydra(overrides: list[str], subgrids: list[list[list[str]]]) -> int:
+    """One `runners.evaluate -m` per sub-grid (its lists joined with commas)."""
+    rc = 0
+    for sub in subgrids:
+        axes: dict[str, list[str]] = {}
+        for ov in sub:
+            for o in ov:
+                k, _, v = o.partition("=")
+                axes.setdefault(k, [])
+                if v not in axes[k]:
+                    axes[k].append(v)
+        cmd = [sys.executable, "-m", "runners.evaluate", "-m", *overrides,
+               *[f"{k}={','.join(v)}" for k, v in axes.items()]]
+        print("+", " ".join(cmd), flush=True)
+        rc |= subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ})
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Configs, validation, store, sweep planning, launchers and aggregation (no model needed),
+plus one slow end-to-end sweep on the tiny backbone."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ottvid
+from runners import aggregate, store
+from runners.cell import CellError
+from runners.sweep import plan
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+B6 = ["mvbench", "videomme", "longvideobench", "mlvu", "charades_timelens", "activitynet_timelens"]
+
+
+def test_method_configs_carry_the_registry_defaults():
+    for m in ottvid.list_methods():
+        y = yaml.safe_load(open(REPO / "configs" / "method" / f"{m}.yaml"))
+        assert y.pop("method") == {"name": m}
+        y.pop("retention", None)
+        p = ottvid.method_params(m)
+        p.pop("retention")
+        assert y == p, m
+
+
+def test_table1_plan_is_exactly_the_paper_grid(tmp_path):
+    _, cells, _ = plan(["experiment=table1", f"results_dir={tmp_path}"])
+    got = {(c.backbone["name"], c.method, c.retention, c.benchmark["name"]) for c, _, _ in cells}
+    want = {("qwen2_5_vl_7b", "vanilla", 1.0, b) for b in B6} | {
+        ("qwen2_5_vl_7b", m, r, b) for m in ("holitom", "fastvid", "flashvid", "unicomp", "ottvid")
+        for r in (0.25, 0.2, 0.15, 0.1) for b in B6}
+    assert len(cells) == len(got) == 126 and got == want
+    assert all(set(c.hparams) == set(ottvid.method_params(c.method)) for c, _, _ in cells)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("retention=1.5", "retention: must be a number in (0, 1], got 1.5"),
+    ("gamma=2", "gamma"),
+    ("tau_b=-1", "tau_b"),
+])
+def test_invalid_values_fail_before_any_model(tmp_path, override, needle):
+    with pytest.raises(CellError, match=None) as e:
+        plan(["experiment=tau_b", override, f"results_dir={tmp_path}"])
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("override, needle", [("method=ottvd", "ottvid"), ("benchmark=mvbnch", "mvbench")])
+def test_typos_name_the_value_and_the_choices(override, needle):
+    r = subprocess.run([sys.executable, "-m", "runners.evaluate", override, "dry_run=true"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    err = r.stderr + r.stdout
+    assert override.split("=")[1] in err and needle in err and "Available options" in err
+
+
+def test_vtg_on_llava_is_rejected(tmp_path):
+    with pytest.raises(CellError, match="temporal grounding"):
+        plan(["experiment=table1", f"results_dir={tmp_path}",
+              "grid=[{backbone:[llava_ov_7b],method:[vanilla],benchmark:[charades_timelens]}]"])
+
+
+def test_multirun_gives_four_cells_in_one_group(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "runners.evaluate", "-m", "method=ottvid", "retention=0.1,0.25",
+                        "tau_b=0.1,0.3", "dry_run=true", f"results_dir={tmp_path}",
+                        f"hydra.sweep.dir={tmp_path}/mr"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("[dry-run]")]
+    assert len(lines) == 4 and len({l.split()[-1] for l in lines}) == 4
+
+
+def test_submitit_local_launcher_runs_cells(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "runners.evaluate", "-m", "hydra/launcher=local_submitit",
+                        "retention=0.1,0.2", "dry_run=true", f"results_dir={tmp_path}/runs",
+                        f"hydra.sweep.dir={tmp_path}/mr"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    outs = sorted((tmp_path / "mr" / ".submitit").rglob("*_log.out"))
+    assert len(outs) == 2
+    assert all("[dry-run] pending" in o.read_text() for o in outs)
+
+
+def test_store_atomic_write_and_claims(tmp_path):
+    p = tmp_path / "x.json"
+    store.atomic_write_json(p, {"status": "done", "v": float("inf")})
+    assert store.is_done(p) and json.loads(p.read_text())["v"] == "inf"
+    assert not list(tmp_path.glob("*.tmp"))
+    a, b = store.Claim(p), store.Claim(p)
+    assert a.acquire() and not b.acquire()
+    a.release()
+    assert b.acquire()
+    b.release()
+    # a claim left by a dead process on this host is stale
+    store.atomic_write_json(p.with_suffix(".lock"), {"pid": 2 ** 22 + 12345, "host": os.uname().nodename, "time": 9e9})
+    assert store.Claim(p).acquire()
+
+
+def _fake_run(cell, scores, groups=None):
+    s = aggregate._stat(__import__("numpy").array(list(scores.values()), float), None) if not groups else None
+    return {"cell": cell.as_dict(), "status": "done", "score": float(s) if s is not None else
+            float(sum(scores.values()) / len(scores)), "n": len(scores),
+            "per_sample": {"scores": scores, "groups": groups}, "stats_summary": {}}
+
+
+def test_aggregate_layout_missing_cells_and_tests(tmp_path):
+    args = ["experiment=demo", f"results_dir={tmp_path}"]
+    _, cells, _ = plan(args)
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for cell, _, _ in cells:
+        if cell.method == "fastvid" and cell.retention == 0.1 and cell.benchmark["name"] == "synth_mvbench":
+            continue  # a missing cell
+        base = 60 if cell.method in ("vanilla", "ottvid") else 40
+        sc = {str(i): float(base + 40 * (rng.random() < 0.5)) for i in range(20)}
+        store.atomic_write_json(tmp_path / cell.filename(), _fake_run(cell, sc))
+    t = aggregate.build(args)
+    md, df, tex = aggregate.render(t)
+    row = df[(df.method == "fastvid") & (df.retention == 0.1)].iloc[0]
+    assert np.isnan(row["mvbench"]) and np.isnan(row["vqa_avg"]) and not np.isnan(row["vtg_avg"])
+    van = df[df.method == "vanilla"].iloc[0]
+    assert van["vqa_avg"] == pytest.approx(100.0) and van["vtg_avg"] == pytest.approx(100.0)
+    assert "—" in md and "**" in md and "[" in md
+    hol = [r for r in t["rows"] if r["method"] == "holitom" and r["retention"] == 0.25][0]
+    assert hol["vqa_diff_vs_ottvid"] < 0 and hol["vqa_p_vs_ottvid"] < 0.05
+
+
+def test_bootstrap_ci_and_paired_test_behave():
+    ci = aggregate.bootstrap_ci({str(i): float(i % 2) * 100 for i in range(200)}, None)
+    assert ci[0] < 50 < ci[1] and ci[1] - ci[0] < 20
+    a = {str(i): float(i % 2) * 100 for i in range(100)}
+    d, p = aggregate.paired_test([a], [dict(a)], [50.0])
+    assert d == 0 and p == 1.0
+
+
+@pytest.mark.slow
+def test_demo_sweep_end_to_end_and_resume(tmp_path):
+    """Two synthetic shards x vanilla + ottvid@0.1 on the tiny Qwen2.5-VL; a deleted cell (as if the
+    sweep was killed) is the only one recomputed on rerun."""
+    runs = tmp_path / "runs"
+    args = [sys.executable, "-m", "runners.sweep", "experiment=demo", f"results_dir={runs}", "progress=false",
+            "wandb.mode=offline", "limit=2",
+            "grid=[{backbone:[tiny_qwen2_5_vl],method:[vanilla,ottvid],retention:[0.1],"
+            "benchmark:[synth_mvbench,synth_charades_timelens]}]"]
+    r = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    files = sorted(runs.glob("*.json"))
+    assert len(files) == 4
+    recs = [json.loads(f.read_text()) for f in files]
+    assert all(x["status"] == "done" and x["n"] == 2 and x["versions"]["torch"] for x in recs)
+    assert all(len(x["per_sample"]["scores"]) == 2 and x["stats_summary"]["samples"] == 2 for x in recs)
+    mt = {f: f.stat().st_mtime_ns for f in files}
+    files[0].unlink()
+    r = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert "1 to run" in r.stdout, r.stdout[-2000:]
+    assert all(f.stat().st_mtime_ns == mt[f] for f in files[1:]) and files[0].exists()
