@@ -99,7 +99,8 @@ def parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 # ---------------------------------------------------------------- timing
 
 class Timer:
-    """Wall-clock milliseconds of named stages; synchronises CUDA so GPU work is counted."""
+    """Milliseconds of named stages: CUDA events on a GPU (device time of the stage's kernels, the
+    stream synchronised before reading), the monotonic `perf_counter` clock on CPU."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -108,12 +109,17 @@ class Timer:
     @contextmanager
     def __call__(self, name: str):
         if self.cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        yield
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            yield
+            dt = (time.perf_counter() - t0) * 1e3
+        self.ms[name] = self.ms.get(name, 0.0) + dt
 
 
 # ---------------------------------------------------------------- adapter base
