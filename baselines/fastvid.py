@@ -13,9 +13,16 @@ Stages (paper Sec. 3):
           delta * rho (+ 1e-6 U(0,1) tie noise on rho).
   DTM     every pool token joins its most cosine-similar anchor; the anchor becomes
           y = w x_a + (1 - w) mean(assigned), w = max(1 / (n + 1), beta).
+
+``variant="qwen2_5_vl"`` instead follows the official Qwen2.5-VL integration
+(``fastvid_qwen25vl/.../modeling_qwen2_5_vl.py``, ``Qwen2_5_VLForConditionalGeneration.forward``):
+tau 0.84, near-duplicate frames (cosine >= ignore_tau = 0.95 to the next) collapsed inside a
+segment, per-segment budgets with context max(int(R L d), 1) capped at N // 2 per anchor frame,
+per-frame noise draws and per-anchor-frame merge pools (see `qwen_budgets`, `_compress_qwen2_5_vl`).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -23,12 +30,18 @@ from dataclasses import dataclass
 import torch
 
 from ottvid.contract import CompressedTokens, VideoTokens
-from ottvid.registry import Compressor, check_int, check_range, check_retention, register
+from ottvid.registry import Compressor, check_choice, check_int, check_range, check_retention, register
 
 #: number of nearest neighbours (self included) in the DPC-kNN local density, as in the official code.
 DENSITY_KNN = 4
 #: scale of the uniform tie-breaking noise added to the density.
 DENSITY_NOISE = 1e-6
+#: defaults that differ between the official integrations (the scripts of each backbone):
+#: LLaVA-OneVision `fastvid_llavaonevision/scripts/eval.sh`, Qwen2.5-VL `fastvid_qwen25vl/scripts/eval.sh`.
+VARIANT_DEFAULTS = {
+    "llava": {"tau": 0.9},
+    "qwen2_5_vl": {"tau": 0.84, "ignore_tau": 0.95},
+}
 
 
 # ---------------------------------------------------------------- budgets ---------------------
@@ -79,12 +92,12 @@ def dyseg(g: torch.Tensor, c: int, tau: float) -> tuple[list[int], list[int], to
 
 # ---------------------------------------------------------------- STPrune ---------------------
 
-def density_score(tokens: torch.Tensor) -> torch.Tensor:
+def density_score(tokens: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
     """DPC-kNN score sigma = delta * rho per frame (Sec. 3.2), on (T, n, D) non-salient tokens.
 
     rho_i = exp(-mean of the k=4 smallest d_ij^2), d = cdist / sqrt(D) in float32, plus 1e-6 U(0,1)
-    noise drawn once with shape (T, n) from the global generator; delta_i = min d_ij over denser j
-    (the frame's maximum distance for its density peak).
+    noise (drawn here once with shape (T, n) from the global generator unless `noise` is given);
+    delta_i = min d_ij over denser j (the frame's maximum distance for its density peak).
     """
     D = tokens.shape[-1]
     x = tokens.float()
@@ -92,7 +105,9 @@ def density_score(tokens: torch.Tensor) -> torch.Tensor:
     k = min(DENSITY_KNN, dist.shape[-1])
     nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
     rho = (-(nearest ** 2).mean(dim=-1)).exp()
-    rho = rho + torch.rand(rho.shape, device=rho.device, dtype=rho.dtype) * DENSITY_NOISE
+    if noise is None:
+        noise = torch.rand(rho.shape, device=rho.device, dtype=rho.dtype)
+    rho = rho + noise * DENSITY_NOISE
     denser = (rho[:, None, :] > rho[:, :, None]).to(dist.dtype)
     if dist.numel() == 0:
         return rho
@@ -125,28 +140,221 @@ def _saliency_pool(saliency: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     return torch.einsum("tn,tnd->td", saliency.float(), feats.float())
 
 
+# ---------------------------------------------------------------- Qwen2.5-VL variant -------
+
+def qwen_budgets(sizes: list[int], below_ignore: list[bool], N: int, retention: float, d: float,
+                 p: int) -> tuple[list[int], list[int], list[int]]:
+    """Per-frame (salient, context) budgets of the official Qwen2.5-VL integration (Sec. 3.2).
+
+    A segment of L frames has R L tokens (R = int(N r)): context C_L = max(int(R L d), 1), salient
+    S_L = R L - C_L. A single frame keeps (S_L, C_L). Otherwise the segment is cut again wherever the
+    adjacent cosine is below ignore_tau (`below_ignore[i]` for the pair (i, i+1)); only the last
+    frame of each run is "valid", the other (near-duplicate) frames get nothing. S_L is spread over
+    the V valid frames (remainder to the earliest); C_L is spread over m = ceil(V/p) anchors (the
+    last valid frame and every p-th one before it, remainder to the latest), each capped at N//2;
+    an anchor's salient share is capped at N - context, any other valid frame's at N.
+    Returns (salient per frame, context per frame, run lengths of every segment).
+    """
+    R = int(N * retention)
+    sal: list[int] = []
+    ctx: list[int] = []
+    runs_all: list[int] = []
+    start = 0
+    for L in sizes:
+        seg_ctx = max(int(R * L * d), 1)
+        seg_sal = R * L - seg_ctx
+        if L == 1:
+            sal.append(seg_sal)
+            ctx.append(seg_ctx)
+            runs_all.append(1)
+        else:
+            cuts = [i for i in range(L - 1) if below_ignore[start + i]]
+            bounds = [-1] + cuts + [L - 1]
+            runs = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+            V = len(runs)
+            q, rem = divmod(seg_sal, V)
+            m = (V + p - 1) // p
+            qc, rc = divmod(seg_ctx, m)
+            chunk = [min(qc + (k < rc), N // 2) for k in range(m)]   # k-th anchor from the end
+            for j, run in enumerate(runs):
+                sal.extend([0] * (run - 1))
+                ctx.extend([0] * (run - 1))
+                back = V - 1 - j
+                k = chunk[back // p] if back % p == 0 else 0
+                s_j = q + (j < rem)
+                ctx.append(k)
+                sal.append(min(s_j, N - k) if k > 0 else min(s_j, N))
+            runs_all.extend(runs)
+        start += L
+    return [max(v, 0) for v in sal], ctx, runs_all
+
+
+def dtm_single(anchors: torch.Tensor, anchors_n: torch.Tensor, pool: torch.Tensor, pool_n: torch.Tensor,
+               beta: float) -> torch.Tensor:
+    """DTM of one anchor frame (Sec. 3.2, Eq. 6) with 2-D matmuls, as the Qwen2.5-VL integration does.
+
+    (K, D) anchors absorb a (P, D) pool; `*_n` are the L2-normalised rows. Same rule as `dtm`
+    (argmax cosine, w = max(1 / (|A_a| + 1), beta)); |A_a| can be 0 here (anchors are not in their
+    own pool), giving w = 1. One `mm` per frame, not a `bmm`: batched and single GEMMs round
+    differently, and this reproduces the official per-frame products bit for bit.
+    """
+    sim = torch.mm(pool_n, anchors_n.T)
+    assign = torch.zeros(pool.shape[0], anchors.shape[0], dtype=pool.dtype, device=pool.device)
+    assign.scatter_(1, sim.argmax(dim=1, keepdim=True), 1)
+    n = assign.sum(dim=0).unsqueeze(-1)
+    w = (1 / (n + 1)).clamp(min=beta)
+    mean = torch.mm(assign.T, pool) / n.clamp(min=1)
+    return w * anchors + (1 - w) * mean
+
+
+def _groups(keys: list) -> dict:
+    """Frame indices grouped by key, in ascending frame order (one batched call per group)."""
+    out: dict = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return out
+
+
+def _compress_qwen2_5_vl(P, video: VideoTokens) -> CompressedTokens:
+    """FastVID as the official Qwen2.5-VL integration computes it (``fastvid_qwen25vl``,
+    ``Qwen2_5_VLForConditionalGeneration.forward``), on the merged (post-merger) video tokens.
+
+    g_t = frame_features, else the frame mean of `features` (official: mean of the merger output),
+    DySeg as in the LLaVA variant with tau; budgets by `qwen_budgets`; salient = per-frame top-k of
+    `saliency`; anchors = top-k DPC-kNN score among the frame's non-salient tokens (one
+    U(0,1) (1, N - s_t) draw per anchor frame, in frame order); DTM pool of an anchor frame = every
+    token of its segment except the segment's salient tokens and its own anchors.
+    """
+    x = video.features
+    T, N, D = x.shape
+    dev = x.device
+    if video.frame_features is not None:
+        g, g_src = video.frame_features, "frame_features"
+    else:
+        g, g_src = x.mean(dim=1), "frame_mean_features"
+    sizes, cuts, sim = dyseg(g, P.c, P.tau)
+    below = (sim < P.ignore_tau).tolist()
+    sal, ctx, runs = qwen_budgets(sizes, below, N, P.retention, P.d, P.p)
+
+    # ---- salient tokens: per-frame top-s_t by saliency (one topk per distinct s_t)
+    is_sal = torch.zeros(T, N, dtype=torch.bool, device=dev)
+    for k, fr in _groups(sal).items():
+        if k > 0:
+            fr_t = torch.tensor(fr, device=dev)
+            idx = torch.topk(video.saliency[fr_t], k, dim=1).indices
+            is_sal[fr_t[:, None], idx] = True
+
+    # ---- anchors: DPC-kNN score on each anchor frame's non-salient tokens
+    ctx_frames = [t for t in range(T) if ctx[t] > 0]
+    noise = {t: torch.rand((1, N - sal[t]), device=dev, dtype=torch.float32) for t in ctx_frames}
+    anchor_flat: dict[int, torch.Tensor] = {}
+    for n_free, fr in _groups([N - sal[t] for t in ctx_frames]).items():
+        frames = [ctx_frames[i] for i in fr]
+        fr_t = torch.tensor(frames, device=dev)
+        free_idx = torch.arange(N, device=dev).expand(len(frames), N)[~is_sal[fr_t]].view(len(frames), n_free)
+        free_tok = torch.gather(x[fr_t], 1, free_idx[..., None].expand(-1, -1, D))
+        score = density_score(free_tok, torch.cat([noise[t] for t in frames]))
+        for k, rows in _groups([ctx[t] for t in frames]).items():
+            rows_t = torch.tensor(rows, device=dev)
+            a = torch.topk(score[rows_t], k, dim=-1).indices.sort(dim=-1).values
+            slots = torch.gather(free_idx[rows_t], 1, a) + fr_t[rows_t, None] * N
+            for i, r in enumerate(rows):
+                anchor_flat[frames[r]] = slots[i]
+
+    # ---- DTM: an anchor frame's pool = its segment minus the segment's salient tokens and its own
+    # anchors (collapsed frames and other anchor frames' anchors included); one mm per anchor frame
+    seg_lo = [lo for lo, L in zip([0] + list(itertools.accumulate(sizes)), sizes) for _ in range(L)]
+    seg_hi = [lo + L for lo, L in zip([0] + list(itertools.accumulate(sizes)), sizes) for _ in range(L)]
+    x_flat = x.reshape(T * N, D)
+    not_sal = ~is_sal.reshape(-1)
+    out_tok = [x_flat[~not_sal]]
+    out_flat = [torch.nonzero(~not_sal).squeeze(1)]
+    stat_pool = 0
+    if ctx_frames:
+        xn = x_flat / x_flat.norm(dim=-1, keepdim=True)
+    for t in ctx_frames:
+        lo, hi = seg_lo[t] * N, seg_hi[t] * N
+        a_idx = anchor_flat[t]
+        in_pool = not_sal[lo:hi].clone()
+        in_pool[a_idx - lo] = False
+        p_idx = torch.nonzero(in_pool).squeeze(1) + lo
+        out_tok.append(dtm_single(x_flat[a_idx], xn[a_idx], x_flat[p_idx], xn[p_idx], P.beta))
+        out_flat.append(a_idx)
+        stat_pool += int(p_idx.numel())
+
+    # ---- assembly: raster order, each token at its own / its anchor's slot (original M-RoPE ids)
+    flat = torch.cat(out_flat)
+    order = torch.argsort(flat)
+    flat = flat[order]
+    feats = torch.cat(out_tok)[order].to(x.dtype)
+    H, W = video.grid_hw
+    pos = torch.stack([flat // N, (flat % N) // W, flat % W], dim=-1)
+    n_sal, n_ctx = sum(sal), sum(ctx)
+    return CompressedTokens(
+        features=feats,
+        positions=pos,
+        stats={
+            "variant": P.variant,
+            "tokens_in": T * N,
+            "tokens_out": int(flat.numel()),
+            "frame_feature_source": g_src,
+            "adjacent_cosine": [float(v) for v in sim.float().tolist()],
+            "cut_indices": cuts,
+            "segments": len(sizes),
+            "segment_sizes": sizes,
+            "ignore_runs": runs,
+            "collapsed_frames": T - len(runs),
+            "frame_retain_num": int(N * P.retention),
+            "salient_per_frame": sal,
+            "context_per_frame": ctx,
+            "salient_kept": n_sal,
+            "anchors": n_ctx,
+            "anchor_frames": len(ctx_frames),
+            "merged_pool_tokens": stat_pool,
+            "pruned": T * N - int(flat.numel()),
+        },
+    )
+
+
 @register("fastvid")
 class FastVID(Compressor):
-    """FastVID (Shen et al., 2025), LLaVA-OneVision variant of the official code."""
+    """FastVID (Shen et al., 2025): the official LLaVA-OneVision variant (default) or, with
+    ``variant="qwen2_5_vl"``, the official Qwen2.5-VL variant (see docs/methods/fastvid.md)."""
 
     @dataclass
     class Params:
         retention: float = 0.25
         c: int = 8          # DySeg: minimum number of segments (c - 1 forced cuts)
-        tau: float = 0.9    # DySeg: cut wherever adjacent frame cosine < tau
-        d: float = 0.4      # STPrune: context (anchor) share of the per-frame budget
+        tau: float | None = None         # DySeg: cut where adjacent cosine < tau; None -> variant default
+        d: float = 0.4      # STPrune: context (anchor) share of the budget
         p: int = 4          # DTM: anchor-frame stride inside a segment
         beta: float = 0.6   # DTM: minimum weight of the anchor in its merged token
+        ignore_tau: float | None = None  # qwen2_5_vl only: collapse frames with cosine >= ignore_tau to the next
+        variant: str = "llava"           # which official integration: "llava" (LLaVA-OV) or "qwen2_5_vl"
 
         def __post_init__(self) -> None:
             self.retention = check_retention(self.retention)
+            self.variant = check_choice("variant", self.variant, tuple(VARIANT_DEFAULTS))
+            defaults = VARIANT_DEFAULTS[self.variant]
             self.c = check_int("c", self.c, 1)
-            self.tau = check_range("tau", self.tau, -1.0, 1.0)
+            self.tau = check_range("tau", defaults["tau"] if self.tau is None else self.tau, -1.0, 1.0)
             self.d = check_range("d", self.d, 0.0, 1.0)
             self.p = check_int("p", self.p, 1)
             self.beta = check_range("beta", self.beta, 0.0, 1.0)
+            if self.variant == "qwen2_5_vl":
+                v = defaults["ignore_tau"] if self.ignore_tau is None else self.ignore_tau
+                self.ignore_tau = check_range("ignore_tau", v, -1.0, 1.0)
+            elif self.ignore_tau is not None:
+                raise ValueError(f"ignore_tau: only used by variant 'qwen2_5_vl', got {self.ignore_tau!r} "
+                                 f"with variant {self.variant!r}")
 
     def compress(self, video: VideoTokens) -> CompressedTokens:
+        if self.params.variant == "qwen2_5_vl":
+            return _compress_qwen2_5_vl(self.params, video)
+        return self._compress_llava(video)
+
+    def _compress_llava(self, video: VideoTokens) -> CompressedTokens:
+        """LLaVA-OneVision variant (the fixtures' algorithm)."""
         P = self.params
         x = video.features
         T, N, D = x.shape

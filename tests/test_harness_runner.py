@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 import ottvid
 from runners import aggregate, store
@@ -23,7 +24,8 @@ B6 = ["mvbench", "videomme", "longvideobench", "mlvu", "charades_timelens", "act
 
 def test_method_configs_carry_the_registry_defaults():
     for m in ottvid.list_methods():
-        y = yaml.safe_load(open(REPO / "configs" / "method" / f"{m}.yaml"))
+        raw = OmegaConf.create(yaml.safe_load(open(REPO / "configs" / "method" / f"{m}.yaml")))
+        y = OmegaConf.to_container(raw, resolve=True)  # no backbone: backbone-chosen knobs take their default
         assert y.pop("method") == {"name": m}
         y.pop("retention", None)
         p = ottvid.method_params(m)
@@ -38,6 +40,8 @@ def test_table1_plan_is_exactly_the_paper_grid(tmp_path):
         ("qwen2_5_vl_7b", m, r, b) for m in ("holitom", "fastvid", "flashvid", "unicomp", "ottvid")
         for r in (0.25, 0.2, 0.15, 0.1) for b in B6}
     assert len(cells) == len(got) == 126 and got == want
+    # FastVID runs its official Qwen2.5-VL port on Qwen2.5-VL (the backbone config chooses the variant)
+    assert {c.hparams["variant"] for c, _, _ in cells if c.method == "fastvid"} == {"qwen2_5_vl"}
     assert all(set(c.hparams) == set(ottvid.method_params(c.method)) for c, _, _ in cells)
 
 
