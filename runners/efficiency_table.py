@@ -26,32 +26,43 @@ def _num(v: Any) -> float:
     return f
 
 
+def _pick(cands: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The method's default row: empty setting; else the backbone-chosen variant (FastVID's official
+    Qwen2.5-VL port carries its own tau/ignore_tau, so its setting is not empty); else the only row."""
+    plain = [r for r in cands if not r.get("setting")]
+    if plain:
+        return plain[0]
+    variant = [r for r in cands if "variant=" in (r.get("setting") or "")]
+    if len(variant) == 1:
+        return variant[0]
+    return cands[0] if len(cands) == 1 else None
+
+
 def table4_frame(rows: Iterable[Mapping[str, Any]], retention: float = 0.1, methods: Sequence[str] = METHODS,
                  backbone: str | None = None) -> pd.DataFrame:
-    """One row per method (vanilla at 100%, the others at `retention`, default settings only).
+    """One row per method (vanilla at 100%, the others at `retention`, each at its default setting).
 
-    Columns: method, retention, the four latencies (ms), `<stage>_speedup` = vanilla / method for
+    Columns: method, retention, setting (the row's non-default hyperparameters), the four latencies (ms), `<stage>_speedup` = vanilla / method for
     prefill and TTFT, peak_mem_gb, tflops, vqa_avg, vtg_avg. Missing values are NaN.
     """
-    picked: dict[str, Mapping[str, Any]] = {}
+    cands: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         if backbone and r.get("backbone") != backbone:
-            continue
-        if r.get("setting"):
             continue
         m = r.get("method")
         if m not in methods:
             continue
         if m != "vanilla" and abs(_num(r.get("retention")) - retention) > 1e-9:
             continue
-        picked.setdefault(m, r)
+        cands.setdefault(m, []).append(r)
+    picked = {m: p for m, c in cands.items() if (p := _pick(c)) is not None}
     out = []
     van = picked.get("vanilla", {})
     for m in methods:
         if m not in picked:
             continue
         r = picked[m]
-        rec = {"method": m, "retention": 1.0 if m == "vanilla" else retention}
+        rec = {"method": m, "retention": 1.0 if m == "vanilla" else retention, "setting": r.get("setting") or ""}
         for s in STAGES:
             rec[s] = math.nan if (m == "vanilla" and s == "compress_ms") else _num(r.get(s))
         for s in ("prefill_ms", "ttft_ms"):
@@ -60,7 +71,7 @@ def table4_frame(rows: Iterable[Mapping[str, Any]], retention: float = 0.1, meth
         for s in ("peak_mem_gb", "tflops", "vqa_avg", "vtg_avg"):
             rec[s] = _num(r.get(s))
         out.append(rec)
-    cols = ["method", "retention", *STAGES, "prefill_speedup", "ttft_speedup", "peak_mem_gb", "tflops",
+    cols = ["method", "retention", "setting", *STAGES, "prefill_speedup", "ttft_speedup", "peak_mem_gb", "tflops",
             "vqa_avg", "vtg_avg"]
     return pd.DataFrame(out, columns=cols)
 
