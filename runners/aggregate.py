@@ -140,7 +140,7 @@ def build(argv: list[str]) -> dict:
         for c, r in by.items():
             rec[(r.backbone, c)] = r.score
             rec[(r.backbone, c, "ci")] = (r.ci_lo, r.ci_hi)
-        for s in ("ttft_ms", "compress_ms", "vision_ms", "prefill_ms", "peak_mem_gb"):
+        for s in ("ttft_ms", "compress_ms", "vision_ms", "prefill_ms", "peak_mem_gb", "tflops"):
             vals = [r.stats[s]["mean"] for r in by.values() if r.stats and s in r.stats]
             if vals:
                 rec[s] = float(np.mean(vals))
@@ -202,7 +202,7 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
             for k in (f"{fam}_diff_vs_ottvid", f"{fam}_p_vs_ottvid"):
                 if k in r:
                     out[k] = r[k]
-        for s in ("vision_ms", "compress_ms", "prefill_ms", "ttft_ms", "peak_mem_gb"):
+        for s in ("vision_ms", "compress_ms", "prefill_ms", "ttft_ms", "peak_mem_gb", "tflops"):
             if s in r:
                 out[s] = r[s]
         flat.append(out)
@@ -261,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     store.atomic_write_text(out / f"{name}.tex", tex)
     store.atomic_write_text(out / f"{name}_delta.md", f"# {name}: published vs reproduced\n\n{delta(t, df)}")
     t["long"].drop(columns=["scores", "groups", "stats"]).to_csv(out / f"{name}_long.csv", index=False)
+    if exp == "table4":  # the paper's efficiency layout (runners/efficiency_table.py)
+        from .efficiency_table import table4_frame, table4_markdown
+
+        eff = table4_frame(t["rows"])
+        store.atomic_write_text(out / "table4_efficiency.md", "# Table 4: efficiency at r = 0.10\n\n" + note
+                                + "Latency: mean per sample (ms); TFLOPs: analytic LLM prefill (docs/efficiency.md).\n\n"
+                                + table4_markdown(eff) + "\n")
+        store.atomic_write_text(out / "table4_efficiency.csv", eff.to_csv(index=False))
+        print(table4_markdown(eff))
     print(f"wrote {out / (name + '.md')} (+ .csv, .tex, _delta.md)")
     print(md)
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..contract import CompressedTokens, VideoTokens
+from ..efficiency import prefill_tflops
 from ..registry import build_compressor
 from .video import Frames, load_frames
 
@@ -98,7 +99,8 @@ def parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 # ---------------------------------------------------------------- timing
 
 class Timer:
-    """Wall-clock milliseconds of named stages; synchronises CUDA so GPU work is counted."""
+    """Milliseconds of named stages: CUDA events on a GPU (device time of the stage's kernels, the
+    stream synchronised before reading), the monotonic `perf_counter` clock on CPU."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -107,12 +109,17 @@ class Timer:
     @contextmanager
     def __call__(self, name: str):
         if self.cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        yield
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            yield
+            dt = (time.perf_counter() - t0) * 1e3
+        self.ms[name] = self.ms.get(name, 0.0) + dt
 
 
 # ---------------------------------------------------------------- adapter base
@@ -246,6 +253,9 @@ class Adapter:
             "prefill_ms": ms.get("prefill", 0.0),
             "ttft_ms": ms.get("vision", 0.0) + ms.get("compress", 0.0) + ms.get("splice", 0.0) + ms.get("prefill", 0.0),
             "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+            # analytic LLM prefill cost of the spliced sequence (ottvid/efficiency.py, docs/efficiency.md)
+            "prefill_tokens": int(prep.inputs_embeds.shape[1]),
+            "tflops": prefill_tflops(self.model.config, prep.inputs_embeds.shape[1]),
             "frames": len(prep.extras.get("frame_indices", [])) or prep.video.num_frames,
             "grid_thw": [prep.video.num_frames, *prep.video.grid_hw],
             "method_stats": _plain(prep.compressed.stats),
