@@ -24,7 +24,7 @@ import numpy as np
 
 from .paths import BENCHMARKS, DATA_ROOT
 
-VERSION = 2
+VERSION = 3
 SIZE = 64          # frame height and width (pixels)
 FPS = 8            # frames per second of every synthetic video
 
@@ -176,10 +176,13 @@ def cut_clip(rng: np.random.Generator, seconds: float, n_shots: int, shape_shot:
     return Clip(shots)
 
 
-def _options(rng: np.random.Generator, answer: str, pool: list[str], k: int) -> list[str]:
+def _options(rng: np.random.Generator, answer: str, pool: list[str], k: int, slot: int) -> list[str]:
+    """k options with the answer at position `slot % k` and shuffled distractors. Callers cycle the
+    slot over a shard's samples, so every option letter is correct equally often (no letter bias)."""
     others = [p for p in pool if p != answer]
-    opts = [answer] + [others[i] for i in rng.permutation(len(others))[: k - 1]]
-    return [opts[i] for i in rng.permutation(len(opts))]
+    opts = [others[i] for i in rng.permutation(len(others))[: k - 1]]
+    opts.insert(slot % k, answer)
+    return opts
 
 
 LETTERS = "ABCDE"
@@ -201,7 +204,7 @@ def build_mvbench(rng):
             clip = cut_clip(rng, 2.0, cuts + 1)
             q, ans, pool = "How many times does the scene change?", str(cuts), ["0", "1", "2", "3"]
             sub = "scene_transition"
-        docs.append((clip, {"video": f"mvb_{i}.mp4", "question": q, "candidates": _options(rng, ans, pool, 4),
+        docs.append((clip, {"video": f"mvb_{i}.mp4", "question": q, "candidates": _options(rng, ans, pool, 4, i),
                             "answer": ans, "sub_task": sub}))
     return docs
 
@@ -213,7 +216,7 @@ def build_videomme(rng):
     for i in range(5):
         color = list(COLORS)[i % 4]
         clip = moving_clip(rng, 3.0, color, list(DIRECTIONS)[(i + 1) % 4], SHAPES[i % 2])
-        opts = _options(rng, color, list(COLORS), 4)
+        opts = _options(rng, color, list(COLORS), 4, i)
         docs.append((clip, {
             "video_id": f"{i:03d}", "videoID": f"vmme_{i}", "question_id": f"vmme_{i}-1", "duration": "short",
             "domain": "Life Record", "sub_category": "Daily Life", "task_type": "Attribute Perception",
@@ -231,7 +234,7 @@ def build_longvideobench(rng):
         shape = SHAPES[i % 2]
         clip = cut_clip(rng, 4.0, 3, shape_shot=i % 3, color=list(COLORS)[i % 4], shape=shape)
         pool = ["square", "circle", "triangle", "star"]
-        opts = _options(rng, shape, pool, 4)
+        opts = _options(rng, shape, pool, 4, i)
         doc = {"id": f"lvb_{i}", "video_path": f"lvb_{i}.mp4", "question": "Which shape appears in the video?",
                "correct_choice": opts.index(shape), "duration_group": 15, "question_category": "S2E",
                "duration": clip.duration, "subtitle_path": "", "starting_timestamp_for_subtitles": 0.0}
@@ -255,7 +258,7 @@ def build_mlvu(rng):
             q, ans, pool = "How many scene changes are there?", str(cuts), ["0", "1", "2", "3"]
         else:
             q, ans, pool = "What color is the shape at the start?", list(COLORS)[i % 4], list(COLORS)
-        opts = _options(rng, ans, pool, 4)
+        opts = _options(rng, ans, pool, 4, i)
         text = q + "\n" + "\n".join(f"({LETTERS[k]}) {o}" for k, o in enumerate(opts))
         docs.append((clip, {"video_name": f"mlvu_{i}.mp4", "question": text, "candidates": opts,
                             "answer": LETTERS[opts.index(ans)], "task_type": tt, "duration": clip.duration}))
