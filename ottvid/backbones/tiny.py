@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .llava_video import QWEN_1_5_TEMPLATE
+
 FAMILIES = ("qwen2_5_vl", "llava_onevision", "llava_video")
 SEED = 0
 DONE = ".ottvid_tiny_done"
@@ -49,19 +51,8 @@ _QWEN_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# LLaVA (qwen_1_5 conversation the LLaVA-OV / LLaVA-Video checkpoints were trained with).
-_LLAVA_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'video' %}<video>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# LLaVA: the qwen_1_5 conversation the LLaVA-OV / LLaVA-Video checkpoints were trained with.
+_LLAVA_TEMPLATE = QWEN_1_5_TEMPLATE
 
 
 def build_tokenizer(specials: list[str], chat_template: str, **extra):
