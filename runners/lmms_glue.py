@@ -6,8 +6,10 @@ benchmarks; each cell reads only the `sample_stats` entries its own evaluation a
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from .cell import Cell
@@ -28,6 +30,34 @@ def task_manager(include_defaults: bool):
         _TASK_MANAGERS[include_defaults] = TaskManager(
             include_path=str(TASKS_DIR), include_defaults=include_defaults, verbosity="WARNING")
     return _TASK_MANAGERS[include_defaults]
+
+
+def dataset_repos(task: str, tm) -> list[str]:
+    """Hugging Face dataset repos a task (or every subtask of a group) reads, from its lmms-eval config."""
+    cfg = tm._get_config(task)
+    if tm.task_index[task]["type"] == "group":
+        subs = [t if isinstance(t, str) else t.get("task") for t in cfg.get("task", [])]
+        return sorted({r for sub in subs for r in dataset_repos(sub, tm)})
+    path = cfg.get("dataset_path")
+    return [path] if isinstance(path, str) and path.count("/") == 1 and not Path(path).exists() else []
+
+
+def check_dataset(task: str, tm) -> None:
+    """Fail fast, before any model loads, when a hub-hosted benchmark is not cached and we are offline."""
+    if os.environ.get("HF_DATASETS_OFFLINE", "0").lower() not in ("1", "true", "yes") and \
+            os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        return
+    from huggingface_hub import snapshot_download
+
+    for repo in dataset_repos(task, tm):
+        try:
+            snapshot_download(repo, repo_type="dataset", local_files_only=True)
+        except Exception:
+            raise FileNotFoundError(
+                f"benchmark {task!r}: dataset {repo!r} is not in the local Hugging Face cache and the hub is off "
+                f"(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE = 1). Download it once with network access: rerun with "
+                f"HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 (after `huggingface-cli login` and accepting the dataset's "
+                f"terms on huggingface.co/datasets/{repo} if it is gated).") from None
 
 
 def pretrained_path(cell: Cell) -> str:
@@ -66,6 +96,7 @@ def evaluate(cell: Cell) -> dict:
         generate()  # idempotent; seconds on first use
         _TINY["_shards"] = "ok"
     tm = task_manager(bool(cell.benchmark.get("include_defaults", True)))
+    check_dataset(cell.benchmark["task"], tm)
     t0 = time.time()
     lm = load_model(cell)
     t_load = time.time() - t0
