@@ -9,6 +9,14 @@ cell JSONs of results/runs/. The CLI reads those JSONs:
     python -m runners.figures figA3 [--retention 0.1]
     python -m runners.figures figA4 [--dynamic BENCH:DOC_ID] [--static BENCH:DOC_ID] [--backbone ...]
         (without --dynamic/--static: the videos with the largest / smallest CV of B_t)
+    python -m runners.figures all   (Figures A2-A4)
+
+`--scale demo` (configs/scale/demo.yaml) reads the demo-scale cells instead: the default backbone is
+the tiny twin of Qwen2.5-VL-7B, Figure A3's rows are the tiny backbones, and the files go to
+results/figures/demo/. At any scale only cells of that scale are read, and only OTT-Vid cells whose
+other hyperparameters are the registry defaults (so an ablation's cells at gamma = 0.3 never enter
+Figure A2, nor a tau_b = 1 cell Figure 3); a cell stored twice (e.g. with and without `limit`)
+counts once, the one with the most samples.
 
 Definitions (paper App. C): CV = sigma(B_t) / mu(B_t) over the T-1 pairs of one video (population
 std); rho_t = B_t / B_uniform with B_uniform = B_tot / (T-1). The budgets before the feasibility
@@ -274,9 +282,27 @@ def _hp(rec: dict, name: str, default: Any = None) -> Any:
     return math.inf if v == "inf" else v
 
 
+def _default_hparams(method: str) -> dict:
+    import ottvid
+
+    return {k: (math.inf if v == "inf" else v) for k, v in ottvid.method_params(method).items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return a == b or math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
 def _select(runs: Iterable[dict], backbone: str | None = None, method: str | None = None,
-            retention: float | None = None, **hparams: Any) -> list[dict]:
-    out = []
+            retention: float | None = None, vary: Sequence[str] = (), **hparams: Any) -> list[dict]:
+    """Cells of `backbone` (None: any) and `method` at `retention` with the given hyperparameters;
+    with a method, every other hyperparameter not in `vary` must be the registry default (hyperparameters
+    the backbone config chooses, e.g. FastVID's variant, are not checked). One record per (backbone,
+    benchmark, hyperparameters): the one with the most samples."""
+    defaults = _default_hparams(method) if method else {}
+    free = {"retention", *vary, *hparams}
+    best: dict[tuple, dict] = {}
     for r in runs:
         c = r["cell"]
         if backbone and c["backbone"]["name"] != backbone:
@@ -285,17 +311,31 @@ def _select(runs: Iterable[dict], backbone: str | None = None, method: str | Non
             continue
         if retention is not None and abs(float(_hp(r, "retention", 1.0)) - retention) > 1e-9:
             continue
-        if any(_hp(r, k) != v for k, v in hparams.items()):
+        if any(not _same(_hp(r, k), v) for k, v in hparams.items()):
             continue
-        out.append(r)
-    return out
+        if any(not _same(_hp(r, k, d), d) for k, d in defaults.items() if k not in free and d is not None):
+            continue
+        key = (c["backbone"]["name"], c["benchmark"]["name"], json.dumps(c.get("hparams", {}), sort_keys=True, default=str))
+        if key not in best or (r.get("n") or 0) > (best[key].get("n") or 0):
+            best[key] = r
+    return list(best.values())
+
+
+def scale_backbones(runs: Iterable[dict], scale: str) -> list[dict]:
+    """The cells of one scale: tiny backbones at a non-real scale (its twins), real backbones at `real`."""
+    if scale == "real":
+        return [r for r in runs if not r["cell"]["backbone"].get("tiny")]
+    from .sweep import load_scale
+
+    twins = set(load_scale(scale)["backbone"].values())
+    return [r for r in runs if r["cell"]["backbone"]["name"] in twins]
 
 
 def gamma_points(runs: Sequence[dict], backbone: str, retention: float = 0.1) -> list[dict]:
     """Figure 3 points from cell records: per gamma, Avg. (%) vs this backbone's vanilla and mean compress_ms."""
     van = {r["cell"]["benchmark"]["name"]: r["score"] for r in _select(runs, backbone, "vanilla")}
     by_gamma: dict[float, list[dict]] = {}
-    for r in _select(runs, backbone, "ottvid", retention):
+    for r in _select(runs, backbone, "ottvid", retention, vary=("gamma",)):
         by_gamma.setdefault(float(_hp(r, "gamma")), []).append(r)
     pts = []
     for g, recs in sorted(by_gamma.items()):
@@ -316,27 +356,47 @@ def gamma_points(runs: Sequence[dict], backbone: str, retention: float = 0.1) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("figure", choices=["fig3", "figA2", "figA3", "figA4"])
+    ap.add_argument("figure", choices=["fig3", "figA2", "figA3", "figA4", "all"], help="all = figA2 figA3 figA4")
     ap.add_argument("--runs", default="results/runs")
-    ap.add_argument("--out", default="results/figures")
-    ap.add_argument("--backbone", default=None, help="default: qwen2_5_vl_7b (fig3, figA2, figA4); all (figA3)")
+    ap.add_argument("--out", default=None, help="default: results/figures (results/figures/<scale> off the real scale)")
+    ap.add_argument("--scale", default="real", help="real | demo (configs/scale/): which cells to read")
+    ap.add_argument("--backbone", default=None, help="default: qwen2_5_vl_7b or its twin at --scale (fig3, figA2, "
+                                                     "figA4); every backbone of the scale (figA3)")
     ap.add_argument("--retention", type=float, default=0.1)
     ap.add_argument("--tau_b", type=float, default=0.3)
     ap.add_argument("--gamma", type=float, default=0.3)
     ap.add_argument("--dynamic", help="figA4: BENCHMARK:DOC_ID of the dynamic video (default: largest CV)")
     ap.add_argument("--static", help="figA4: BENCHMARK:DOC_ID of the static video (default: smallest CV)")
     a = ap.parse_args(argv)
-    runs = load_runs(a.runs)
-    out = Path(a.out)
-    bb = a.backbone or ("qwen2_5_vl_7b" if a.figure != "figA3" else None)
+    if a.figure == "all":
+        rest = [x for x in (argv if argv is not None else __import__("sys").argv[1:]) if x != "all"]
+        return max(main([f, *rest]) for f in ("figA2", "figA3", "figA4"))
+    from .cell import CellError
+    from .sweep import load_scale
+
+    try:
+        scale = load_scale(a.scale)
+    except CellError as e:
+        ap.error(str(e))
+    from .store import resolve_dir
+
+    runs = scale_backbones(load_runs(resolve_dir(a.runs)), a.scale)
+    out = resolve_dir(a.out) if a.out else resolve_dir("results/figures") / ("" if a.scale == "real" else a.scale)
+    main_bb = scale["backbone"].get("qwen2_5_vl_7b", "qwen2_5_vl_7b")
+    bb = a.backbone or (main_bb if a.figure != "figA3" else None)
     default = dict(tau_b=a.tau_b, gamma=a.gamma)
     if a.figure == "fig3":
-        res = figure3(gamma_points(runs, bb, a.retention), out / "fig3_gamma")
+        pts = gamma_points(runs, bb, a.retention)
+        if not pts:
+            ap.error(f"no gamma-sweep cells of {bb} with a vanilla run in {a.runs} (run the gamma_sweep experiment)")
+        res = figure3(pts, out / "fig3_gamma")
     elif a.figure == "figA2":
         sel = _select(runs, bb, "ottvid", a.retention, **default)
         per = {}
         for r in sel:
             per.setdefault(r["cell"]["benchmark"]["name"], []).extend(r.get("sample_stats", []))
+        if not per:
+            ap.error(f"no OTT-Vid cell of {bb} at r={a.retention:g}, tau_b={a.tau_b:g}, gamma={a.gamma:g} in {a.runs}")
         res = figure_a2(per, out / "figA2_budget_cv")
     elif a.figure == "figA3":
         groups = {}
@@ -345,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             groups.setdefault((r["cell"]["backbone"]["name"], r["cell"]["benchmark"]["name"]), []).extend(
                 r.get("sample_stats", []))
+        if not groups:
+            ap.error(f"no OTT-Vid VQA cell at r={a.retention:g}, tau_b={a.tau_b:g}, gamma={a.gamma:g} in {a.runs}")
         res = figure_a3(groups, a.retention, out / "figA3_rho")
     else:
         sel = _select(runs, bb, "ottvid", a.retention, **default)
