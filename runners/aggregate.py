@@ -232,6 +232,14 @@ def _cell_txt(v, ci=None, bold=False) -> str:
     return f"**{s}**" if bold else s
 
 
+def _value(r: dict, col: tuple) -> tuple[float, tuple | None]:
+    """A row's value in column (backbone, column): a score with its interval, or the row's Avg. (%)
+    (under its own backbone only: a row is one backbone's)."""
+    if col[1].endswith("_avg"):
+        return (r.get(col[1], math.nan) if col[0] == r["backbone"] else math.nan), None
+    return r.get(col, math.nan), r.get((*col, "ci"))
+
+
 def render(t: dict) -> tuple[str, pd.DataFrame, str]:
     rows, fams = t["rows"], t["fams"]
     cols = []
@@ -245,7 +253,7 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
         for r in rows:
             if r["method"] == "vanilla":
                 continue
-            v = r.get(col[1]) if col[1].endswith("_avg") else r.get(col)
+            v = _value(r, col)[0]
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
             k = (col, r["retention"])
@@ -259,10 +267,7 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
         cells_txt = []
         out = {"method": r["method"], "setting": r["setting"], "retention": r["retention"]}
         for col in cols:
-            if col[1].endswith("_avg"):
-                v, ci = r.get(col[1], math.nan), None
-            else:
-                v, ci = r.get(col, math.nan), r.get((*col, "ci"))
+            v, ci = _value(r, col)
             isbest = r["method"] != "vanilla" and not (isinstance(v, float) and math.isnan(v)) and \
                 v == best.get((col, r["retention"]))
             cells_txt.append(_cell_txt(v, ci, isbest))
@@ -282,7 +287,7 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
         paper = r.get("paper") or {}
         ptxt = []
         for col in cols:
-            v = paper.get(col[1] if col[1].endswith("_avg") else col)
+            v = paper.get(col[1] if col[1].endswith("_avg") else col) if col[0] == r["backbone"] else None
             ptxt.append(f"*{v:.1f}*" if v is not None else "")
             if v is not None:
                 out["paper:" + (f"{col[0]}:{col[1]}" if len(t["backbones"]) > 1 else col[1])] = v

@@ -65,13 +65,14 @@ def expand_grid(grid: list[dict]) -> list[list[list[str]]]:
 
 
 def load_scale(name: str) -> dict:
-    """configs/scale/<name>.yaml: {name, backbone: {real: twin}, benchmark: {real: twin}, overrides}."""
+    """configs/scale/<name>.yaml: {name, backbone: {real: twin}, benchmark: {real: twin}, overrides,
+    figures_backbone (default backbone of Figures A2 / A4)}."""
     path = Path(CONFIG_DIR) / "scale" / f"{name}.yaml"
     if not path.is_file():
         raise CellError(f"unknown scale {name!r}; choices: " + ", ".join(
             sorted(p.stem for p in (Path(CONFIG_DIR) / "scale").glob("*.yaml"))))
     sc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return {"name": name, "overrides": list(sc.get("overrides") or []),
+    return {"name": name, "overrides": list(sc.get("overrides") or []), "figures_backbone": sc.get("figures_backbone"),
             **{ax: dict(sc.get(ax) or {}) for ax in SCALED_AXES}}
 
 
