@@ -326,7 +326,8 @@ def tables_dir(t: dict) -> Path:
 
 def header(t: dict) -> str:
     """The table's provenance: experiment, scale, backbones, and what the published rows are."""
-    src = f"Experiment `{t['experiment']}`, scale `{t['scale']}`; backbones: {', '.join(t['backbones'])}.\n"
+    scale = t["scale"] if not (t["demo"] and t["scale"] == "real") else "demo (tiny backbones named by the experiment)"
+    src = f"Experiment `{t['experiment']}`, scale `{scale}`; backbones: {', '.join(t['backbones'])}.\n"
     if t["demo"]:
         src += ("\n**Demo scale**: tiny random-weight twins of the backbones on the synthetic shards "
                 "(configs/scale/demo.yaml, tasks/synthetic). The scores and latencies exercise the pipeline; "

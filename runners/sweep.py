@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = resolve_dir(base.results_dir)
     done = [c for c, _, _ in cells if is_done(cell_path(c, runs))]
     pending = [t for t in cells if not (not base.force and is_done(cell_path(t[0], runs)))]
-    print(f"experiment {base.experiment_name} (scale {scale['name']}): {len(cells)} cells, {len(done)} done, "
+    tag = "" if scale["name"] == "real" else f" (scale {scale['name']})"
+    print(f"experiment {base.experiment_name}{tag}: {len(cells)} cells, {len(done)} done, "
           f"{len(pending)} to run -> {runs}", flush=True)
     if base.dry_run:
         for c, _, _ in cells:
