@@ -5,8 +5,15 @@ backbone's benchmarks with VQA / VTG Avg. (%) = mean over the family of 100 x sc
 vanilla score (missing if any benchmark or the vanilla run is missing). Every score carries a
 95% bootstrap interval from its per-sample scores; every non-OTT-Vid row a paired bootstrap
 test against OTT-Vid (same backbone and retention, same samples) on its Avg. (%) difference.
-Writes results/tables/<experiment>.{md,csv,tex} and <experiment>_delta.md (reproduced minus
-published, from results/paper/published.csv). Missing cells print as "—", never as 0.
+Rows of an ablation are named by the knobs its sub-grid varies (e.g. `ottvid (tau_b=0.3)`), and
+their paired test is against OTT-Vid's default setting. Every row the paper prints is followed by
+its published numbers (results/paper/published.csv) in the same columns; the CSV carries them as
+`paper:<column>`. Writes results/tables/<experiment>.{md,csv,tex}, <experiment>_delta.md
+(reproduced minus published) and <experiment>_long.csv. Missing cells print as "—", never as 0.
+
+`scale=demo` (see runners/sweep.py) aggregates the demo-scale cells of the same grid (tiny
+backbones, synthetic shards) into results/tables/demo/, with a header saying so; the published
+numbers beside them are matched through the scale's backbone map and stay the paper's real ones.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ PAPER = REPO_ROOT / "results" / "paper" / "published.csv"
 EXPERIMENT_TABLE = {"table1": "table1", "demo": "table1", "table2": "table2", "table3": "tableA2",
                     "table4": "table4", "tau_b": "tableA3", "tau_m": "tableA4", "tau_c": "tableA5",
                     "alpha": "tableA6", "spatial": "tableA1"}
+PAPER_TITLE = {"table1": "Table 1", "table2": "Table 2", "tableA2": "Table 3 / A2", "table4": "Table 4",
+               "tableA1": "Table A1", "tableA3": "Table A3", "tableA4": "Table A4", "tableA5": "Table A5",
+               "tableA6": "Table A6"}
+GRID_AXES = {"backbone", "method", "benchmark", "retention"}
 B = 2000  # bootstrap resamples
 
 
@@ -77,7 +88,8 @@ def paired_test(a: list[dict], b: list[dict], va: list[float], seed: int = 0) ->
 
 
 def collect(argv: list[str]):
-    """The experiment's cells (in grid order) joined with their stored runs."""
+    """The experiment's cells (in grid order) joined with their stored runs and their knobs (the
+    hyperparameters their sub-grid varies, as the method resolved them)."""
     from .sweep import plan
 
     base, cells, _ = plan(argv)
@@ -85,7 +97,12 @@ def collect(argv: list[str]):
     recs = []
     for cell, ov, _ in cells:
         rec = store.read(runs / cell.filename())
-        recs.append((cell, rec if rec and rec.get("status") == "done" else None))
+        knobs = {}
+        for o in ov:
+            k = o.partition("=")[0]
+            if k not in GRID_AXES and k in cell.hparams:
+                knobs[k] = cell.hparams[k]
+        recs.append((cell, rec if rec and rec.get("status") == "done" else None, knobs))
     return base, recs
 
 
@@ -101,13 +118,17 @@ def _f(v) -> str:
 
 
 def build(argv: list[str]) -> dict:
+    from .sweep import scale_of
+
     base, recs = collect(argv)
+    scale = scale_of(argv)
     exp = str(base.experiment_name)
     long = []
-    for cell, rec in recs:
+    for cell, rec, knobs in recs:
         b = cell.benchmark
         row = {"backbone": cell.backbone["name"], "method": cell.method, "retention": cell.retention,
-               "setting": _setting(cell), "column": b["column"], "family": b["family"], "benchmark": b["name"],
+               "setting": _setting(cell), "knobs": ",".join(f"{k}={_f(v)}" for k, v in knobs.items()),
+               "tiny": bool(cell.backbone.get("tiny")), "column": b["column"], "family": b["family"], "benchmark": b["name"],
                "score": rec["score"] if rec else math.nan, "n": rec["n"] if rec else 0,
                "scores": rec["per_sample"]["scores"] if rec else None,
                "groups": rec["per_sample"].get("groups") if rec else None,
@@ -124,16 +145,18 @@ def build(argv: list[str]) -> dict:
     summary = []
     for key, g in df.groupby(rowkey, sort=False):
         rec = dict(zip(rowkey, key))
+        rec["knobs"] = g.knobs.iloc[0]
         by = {r.column: r for r in g.itertuples()}
         for fam, cols in fams.items():
             if not cols:
                 continue
             rel = [100 * by[c].score / van[(key[0], c)] if c in by and van.get((key[0], c)) else math.nan for c in cols]
             rec[f"{fam}_avg"] = float(np.mean(rel)) if rel and not any(math.isnan(x) for x in rel) else math.nan
-            # paired test against OTT-Vid (default settings) at the same backbone and retention
+            # paired test against OTT-Vid (default settings) at the same backbone and retention; an
+            # OTT-Vid ablation row (non-default setting) is tested against that default row
             ref = df[(df.backbone == key[0]) & (df.method == "ottvid") & (df.retention == key[2]) & (df.setting == "")]
             refby = {r.column: r for r in ref.itertuples()}
-            if key[1] not in ("ottvid",) and all(c in by and c in refby and by[c].scores and refby[c].scores for c in cols):
+            if not (key[1] == "ottvid" and key[3] == "") and all(c in by and c in refby and by[c].scores and refby[c].scores for c in cols):
                 d, p = paired_test([by[c].scores for c in cols], [refby[c].scores for c in cols],
                                    [van.get((key[0], c)) for c in cols])
                 rec[f"{fam}_diff_vs_ottvid"], rec[f"{fam}_p_vs_ottvid"] = d, p
@@ -146,8 +169,58 @@ def build(argv: list[str]) -> dict:
                 rec[s] = float(np.mean(vals))
         summary.append(rec)
     _ = van_scores
-    return {"experiment": exp, "long": df, "rows": summary, "fams": fams,
-            "backbones": list(dict.fromkeys(df.backbone)), "paper_table": EXPERIMENT_TABLE.get(exp)}
+    t = {"experiment": exp, "long": df, "rows": summary, "fams": fams, "scale": scale["name"],
+         "demo": bool(len(df)) and bool(df.tiny.all()), "twin_of": {v: k for k, v in scale["backbone"].items()},
+         "backbones": list(dict.fromkeys(df.backbone)), "paper_table": EXPERIMENT_TABLE.get(exp)}
+    attach_published(t)
+    return t
+
+
+def _same(a, b) -> bool:
+    """Hyperparameter values equal as numbers (1.0 == 1, inf == inf) or as strings."""
+    try:
+        return math.isclose(float(a), float(b)) or (math.isinf(float(a)) and float(a) == float(b))
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _parse_variant(v: str) -> dict:
+    return dict(kv.split("=", 1) for kv in v.split(",")) if v else {}
+
+
+def _real_backbone(t: dict, name: str) -> str:
+    """The real backbone a row's backbone stands for (its own name at the real scale)."""
+    if name in t["twin_of"]:
+        return t["twin_of"][name]
+    if t["experiment"] == "demo":  # `make demo`: the tiny Qwen2.5-VL twin of Table 1's backbone
+        from .sweep import load_scale
+
+        return {v: k for k, v in load_scale("demo")["backbone"].items()}.get(name, name)
+    return name
+
+
+def attach_published(t: dict) -> None:
+    """row["paper"] = {column: published value} for every row the paper prints: same (real) backbone,
+    method, retention, and the row's knobs equal to the published variant (`mass=loo,budget=adaptive`,
+    `tau_b=inf`; no knobs = the main comparison row)."""
+    for r in t["rows"]:
+        r["paper"] = {}
+    if not t["paper_table"] or not PAPER.is_file():
+        return
+    pub = pd.read_csv(PAPER, keep_default_na=False)
+    pub = pub[pub.table == t["paper_table"]]
+    for r in t["rows"]:
+        knobs = _parse_variant(r.get("knobs", ""))
+        real = _real_backbone(t, r["backbone"])
+        for p in pub.itertuples():
+            if p.backbone != real or p.method != r["method"] or abs(float(p.retention) - r["retention"]) > 1e-9:
+                continue
+            var = _parse_variant(p.variant)
+            if set(var) != set(knobs) or not all(_same(var[k], knobs[k]) for k in var):
+                continue
+            col = p.benchmark if p.benchmark in ("vqa_avg", "vtg_avg") or p.benchmark.endswith(("_ms", "_gb")) \
+                or p.benchmark == "tflops" else (r["backbone"], p.benchmark)
+            r["paper"][col] = float(p.score)
 
 
 def _cell_txt(v, ci=None, bold=False) -> str:
@@ -157,6 +230,14 @@ def _cell_txt(v, ci=None, bold=False) -> str:
     if ci and not any(math.isnan(x) for x in ci):
         s += f" [{ci[0]:.1f}, {ci[1]:.1f}]"
     return f"**{s}**" if bold else s
+
+
+def _value(r: dict, col: tuple) -> tuple[float, tuple | None]:
+    """A row's value in column (backbone, column): a score with its interval, or the row's Avg. (%)
+    (under its own backbone only: a row is one backbone's)."""
+    if col[1].endswith("_avg"):
+        return (r.get(col[1], math.nan) if col[0] == r["backbone"] else math.nan), None
+    return r.get(col, math.nan), r.get((*col, "ci"))
 
 
 def render(t: dict) -> tuple[str, pd.DataFrame, str]:
@@ -172,7 +253,7 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
         for r in rows:
             if r["method"] == "vanilla":
                 continue
-            v = r.get(col[1]) if col[1].endswith("_avg") else r.get(col)
+            v = _value(r, col)[0]
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
             k = (col, r["retention"])
@@ -181,14 +262,12 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     flat = []
     for r in rows:
-        name = r["method"] + (f" ({r['setting']})" if r["setting"] else "")
+        label = r.get("knobs") or r["setting"]
+        name = r["method"] + (f" ({label})" if label else "")
         cells_txt = []
         out = {"method": r["method"], "setting": r["setting"], "retention": r["retention"]}
         for col in cols:
-            if col[1].endswith("_avg"):
-                v, ci = r.get(col[1], math.nan), None
-            else:
-                v, ci = r.get(col, math.nan), r.get((*col, "ci"))
+            v, ci = _value(r, col)
             isbest = r["method"] != "vanilla" and not (isinstance(v, float) and math.isnan(v)) and \
                 v == best.get((col, r["retention"]))
             cells_txt.append(_cell_txt(v, ci, isbest))
@@ -205,39 +284,58 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
         for s in ("vision_ms", "compress_ms", "prefill_ms", "ttft_ms", "peak_mem_gb", "tflops"):
             if s in r:
                 out[s] = r[s]
+        paper = r.get("paper") or {}
+        ptxt = []
+        for col in cols:
+            v = paper.get(col[1] if col[1].endswith("_avg") else col) if col[0] == r["backbone"] else None
+            ptxt.append(f"*{v:.1f}*" if v is not None else "")
+            if v is not None:
+                out["paper:" + (f"{col[0]}:{col[1]}" if len(t["backbones"]) > 1 else col[1])] = v
         flat.append(out)
         lines.append("| " + " | ".join([name, f"{100 * r['retention']:g}%"] + cells_txt + ["; ".join(ps) or ""]) + " |")
+        if any(ptxt):
+            lines.append("| *published* | | " + " | ".join(ptxt) + " | |")
     md = "\n".join(lines)
     df = pd.DataFrame(flat)
-    tex = df.drop(columns=[c for c in df.columns if c.endswith(("_ci_lo", "_ci_hi"))]).to_latex(
+    tex = df.drop(columns=[c for c in df.columns if c.endswith(("_ci_lo", "_ci_hi")) or c.startswith("paper:")]).to_latex(
         index=False, float_format="%.1f", na_rep="--", escape=True)
     return md, df, tex
 
 
 def delta(t: dict, df: pd.DataFrame) -> str:
-    """Published vs reproduced, for every number both have."""
+    """Published vs reproduced, for every number the paper prints for one of this table's rows."""
     if not t["paper_table"] or not PAPER.is_file():
         return "No published counterpart for this experiment.\n"
-    pub = pd.read_csv(PAPER, keep_default_na=False)
-    pub = pub[pub.table == t["paper_table"]]
-    lines = ["| backbone | method | ret. | setting | benchmark | published | reproduced | delta |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone | method | ret. | setting | benchmark | published | reproduced | delta |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in t["rows"]:
-        for p in pub.itertuples():
-            if p.backbone != r["backbone"] and t["experiment"] != "demo":
-                continue
-            if p.method != r["method"] or abs(float(p.retention) - r["retention"]) > 1e-9:
-                continue
-            if p.variant and p.variant != r["setting"]:
-                continue
-            if not p.variant and r["setting"]:
-                continue
-            mine = r.get(p.benchmark) if p.benchmark.endswith("_avg") else r.get((r["backbone"], p.benchmark))
-            if mine is None and p.benchmark in r:
-                mine = r[p.benchmark]
-            d = "—" if mine is None or (isinstance(mine, float) and math.isnan(mine)) else f"{mine - float(p.score):+.1f}"
-            lines.append(f"| {r['backbone']} | {r['method']} | {r['retention']:g} | {r['setting'] or p.variant} | "
-                         f"{p.benchmark} | {float(p.score):.1f} | {_cell_txt(mine)} | {d} |")
+        for col, pv in (r.get("paper") or {}).items():
+            mine = r.get(col)
+            bench = col[1] if isinstance(col, tuple) else col
+            d = "—" if mine is None or (isinstance(mine, float) and math.isnan(mine)) else f"{mine - pv:+.1f}"
+            lines.append(f"| {r['backbone']} | {r['method']} | {r['retention']:g} | {r.get('knobs') or r['setting']} | "
+                         f"{bench} | {pv:.1f} | {_cell_txt(mine)} | {d} |")
     return "\n".join(lines) + "\n"
+
+
+def tables_dir(t: dict) -> Path:
+    """results/tables/ at the real scale (and for `make demo`'s own table1), results/tables/<scale>/ else."""
+    out = REPO_ROOT / "results" / "tables"
+    return out if t["scale"] == "real" else out / t["scale"]
+
+
+def header(t: dict) -> str:
+    """The table's provenance: experiment, scale, backbones, and what the published rows are."""
+    scale = t["scale"] if not (t["demo"] and t["scale"] == "real") else "demo (tiny backbones named by the experiment)"
+    src = f"Experiment `{t['experiment']}`, scale `{scale}`; backbones: {', '.join(t['backbones'])}.\n"
+    if t["demo"]:
+        src += ("\n**Demo scale**: tiny random-weight twins of the backbones on the synthetic shards "
+                "(configs/scale/demo.yaml, tasks/synthetic). The scores and latencies exercise the pipeline; "
+                "they are not comparable with the published numbers.\n")
+    if t["paper_table"]:
+        src += (f"*published* rows: the paper's {PAPER_TITLE.get(t['paper_table'], t['paper_table'])} "
+                f"(results/paper/published.csv, real backbones and benchmarks).\n")
+    return src
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,28 +346,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     md, df, tex = render(t)
-    out = REPO_ROOT / "results" / "tables"
+    out = tables_dir(t)
     out.mkdir(parents=True, exist_ok=True)
     exp = t["experiment"]
     name = "table1" if exp == "demo" else exp
     note = ("Scores: accuracy / mIoU (%) with 95% bootstrap intervals; Avg. (%) relative to this run's own "
             "vanilla; **bold** = best per retention; p: paired bootstrap vs OTT-Vid on the same samples; "
             "— = missing.\n")
-    src = f"Experiment `{exp}`; backbones: {', '.join(t['backbones'])}.\n"
+    src = header(t)
     store.atomic_write_text(out / f"{name}.md", f"# {name}\n\n{src}{note}\n{md}\n")
     store.atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
     store.atomic_write_text(out / f"{name}.tex", tex)
     store.atomic_write_text(out / f"{name}_delta.md", f"# {name}: published vs reproduced\n\n{delta(t, df)}")
     t["long"].drop(columns=["scores", "groups", "stats"]).to_csv(out / f"{name}_long.csv", index=False)
     if exp == "table4":  # the paper's efficiency layout (runners/efficiency_table.py)
-        from .efficiency_table import table4_frame, table4_markdown
+        from .efficiency_table import published_frame, table4_frame, table4_markdown
 
-        eff = table4_frame(t["rows"])
-        store.atomic_write_text(out / "table4_efficiency.md", "# Table 4: efficiency at r = 0.10\n\n" + note
-                                + "Latency: mean per sample (ms); TFLOPs: analytic LLM prefill (docs/efficiency.md).\n\n"
-                                + table4_markdown(eff) + "\n")
-        store.atomic_write_text(out / "table4_efficiency.csv", eff.to_csv(index=False))
-        print(table4_markdown(eff))
+        eff, pub = table4_frame(t["rows"]), published_frame(t["rows"])
+        store.atomic_write_text(out / "table4_efficiency.md", "# Table 4: efficiency at r = 0.10\n\n" + src + note
+                                + "Latency: mean per sample (ms); TTFT (speedup vs vanilla); TFLOPs: analytic LLM "
+                                "prefill (docs/efficiency.md); peak memory: CUDA only (— on CPU).\n\n"
+                                + table4_markdown(eff, pub) + "\n")
+        store.atomic_write_text(out / "table4_efficiency.csv", pd.concat(
+            [eff.assign(source="reproduced"), pub.assign(source="published")]).to_csv(index=False))
+        print(table4_markdown(eff, pub))
     print(f"wrote {out / (name + '.md')} (+ .csv, .tex, _delta.md)")
     print(md)
     return 0

@@ -80,18 +80,41 @@ def _f(v: float, fmt: str = "{:.1f}") -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
-def table4_markdown(df: pd.DataFrame) -> str:
-    """Markdown in the paper's layout; TTFT carries its speedup vs vanilla, e.g. `938.0 (2.0×)`."""
+def published_frame(rows: Iterable[Mapping[str, Any]], retention: float = 0.1) -> pd.DataFrame:
+    """The paper's Table 4 in the same layout, from the aggregator's rows' `paper` dicts (the published
+    values matched to each row; empty where the paper prints none)."""
+    pub = [{k: r.get(k) for k in ("backbone", "method", "retention", "setting")} | dict(r["paper"])
+           for r in rows if r.get("paper")]
+    df = table4_frame(pub, retention)
+    return df[[any(not math.isnan(_num(v)) for v in row[list(STAGES) + ["tflops"]]) for _, row in df.iterrows()]] \
+        if len(df) else df
+
+
+def _tf(v: float) -> str:
+    """TFLOPs with two decimals; three significant digits below 0.01 (the tiny demo backbones)."""
+    return _f(v, "{:.2f}" if v is None or math.isnan(v) or abs(v) >= 0.01 else "{:.3g}")
+
+
+def _line(r, name: str) -> str:
+    comp = "–" if r.method == "vanilla" else _f(r.compress_ms)
+    ttft = _f(r.ttft_ms) + ("" if math.isnan(r.ttft_speedup) else f" ({r.ttft_speedup:.1f}×)")
+    return (f"| {name} | {100 * r.retention:g}% | {_f(r.vision_ms)} | {comp} | "
+            f"{_f(r.prefill_ms)} | {ttft} | {_f(r.peak_mem_gb, '{:.2f}')} | {_tf(r.tflops)} | "
+            f"{_f(r.vqa_avg)} | {_f(r.vtg_avg)} |")
+
+
+def table4_markdown(df: pd.DataFrame, published: pd.DataFrame | None = None) -> str:
+    """Markdown in the paper's layout; TTFT carries its speedup vs vanilla, e.g. `938.0 (2.0×)`.
+    With `published` (same layout), each method's row is followed by the paper's, in italics."""
     head = ("| Method | Ret. | Vision (ms) | Comp. (ms) | LLM (ms) | TTFT (ms) | Peak Mem. (GB) | TFLOPs | "
             "VQA (%) | VTG (%) |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    pub = {r.method: r for r in published.itertuples()} if published is not None else {}
     for r in df.itertuples():
-        comp = "–" if r.method == "vanilla" else _f(r.compress_ms)
-        ttft = _f(r.ttft_ms) + ("" if math.isnan(r.ttft_speedup) else f" ({r.ttft_speedup:.1f}×)")
-        lines.append(f"| {NAMES.get(r.method, r.method)} | {100 * r.retention:g}% | {_f(r.vision_ms)} | {comp} | "
-                     f"{_f(r.prefill_ms)} | {ttft} | {_f(r.peak_mem_gb, '{:.2f}')} | {_f(r.tflops, '{:.2f}')} | "
-                     f"{_f(r.vqa_avg)} | {_f(r.vtg_avg)} |")
+        lines.append(_line(r, NAMES.get(r.method, r.method)))
+        if r.method in pub:
+            lines.append(_line(pub[r.method], "*published*"))
     return "\n".join(lines)
 
 
-__all__ = ["METHODS", "table4_frame", "table4_markdown"]
+__all__ = ["METHODS", "published_frame", "table4_frame", "table4_markdown"]

@@ -9,6 +9,14 @@ cell JSONs of results/runs/. The CLI reads those JSONs:
     python -m runners.figures figA3 [--retention 0.1]
     python -m runners.figures figA4 [--dynamic BENCH:DOC_ID] [--static BENCH:DOC_ID] [--backbone ...]
         (without --dynamic/--static: the videos with the largest / smallest CV of B_t)
+    python -m runners.figures all   (Figures A2-A4)
+
+`--scale demo` (configs/scale/demo.yaml) reads the demo-scale cells instead: the default backbone is
+the tiny twin of Qwen2.5-VL-7B, Figure A3's rows are the tiny backbones, and the files go to
+results/figures/demo/. At any scale only cells of that scale are read, and only OTT-Vid cells whose
+other hyperparameters are the registry defaults (so an ablation's cells at gamma = 0.3 never enter
+Figure A2, nor a tau_b = 1 cell Figure 3); a cell stored twice (e.g. with and without `limit`)
+counts once, the one with the most samples.
 
 Definitions (paper App. C): CV = sigma(B_t) / mu(B_t) over the T-1 pairs of one video (population
 std); rho_t = B_t / B_uniform with B_uniform = B_tot / (T-1). The budgets before the feasibility
@@ -34,6 +42,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 BLUE, RED = "#3b6fb6", "#d62728"
+BENCH_ORDER = ("mvbench", "videomme", "longvideobench", "mlvu", "charades_timelens", "activitynet_timelens")
+
+
+def _bench_rank(name: str) -> tuple[int, str]:
+    """The paper's column order (a synthetic twin `synth_<x>` ranks as <x>); unknown names last."""
+    base = name[len("synth_"):] if name.startswith("synth_") else name
+    return (BENCH_ORDER.index(base) if base in BENCH_ORDER else len(BENCH_ORDER), name)
 
 
 # ---------------------------------------------------------------- statistics
@@ -91,7 +106,22 @@ def _ottvid_stats(samples: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any
 
 # ---------------------------------------------------------------- Figure 3
 
-def figure3(points: Sequence[Mapping[str, float]], out: str | Path) -> tuple[Path, Path]:
+def _label_groups(x: Sequence[float], y: Sequence[float], tol: float = 0.03) -> list[tuple[list[int], tuple]]:
+    """Points closer than `tol` of the axis ranges share one label: [(indices, (x, y) of the first))]."""
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    sx, sy = max(np.ptp(xs), 1e-12), max(np.ptp(ys), 1e-12)
+    groups: list[tuple[list[int], tuple]] = []
+    for i in np.argsort(xs, kind="stable"):
+        for members, (gx, gy) in groups:
+            if abs(xs[i] - gx) / sx < tol and abs(ys[i] - gy) / sy < tol:
+                members.append(int(i))
+                break
+        else:
+            groups.append(([int(i)], (float(xs[i]), float(ys[i]))))
+    return [(sorted(m), xy) for m, xy in groups]
+
+
+def figure3(points: Sequence[Mapping[str, float]], out: str | Path, subtitle: str = "") -> tuple[Path, Path]:
     """Average retention (%) vs compression latency (ms) over the temporal share gamma (Figure 3).
 
     points: {"gamma", "compress_ms", "avg"} and optionally "vqa_avg", "vtg_avg"; avg = mean of the
@@ -108,11 +138,12 @@ def figure3(points: Sequence[Mapping[str, float]], out: str | Path) -> tuple[Pat
     ax.plot(x, y, "-o", color=BLUE, label="OTT-Vid")
     best = int(np.nanargmax(y))
     ax.plot([x[best]], [y[best]], "*", color=RED, ms=14, label=f"best ($\\gamma$={g[best]:g})")
-    for xi, yi, gi in zip(x, y, g):
-        ax.annotate(f"{gi:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for k, (members, (xi, yi)) in enumerate(_label_groups(x, y)):  # one label per cluster of close points
+        ax.annotate("$\\gamma$=" + ",".join(f"{g[i]:g}" for i in members), (xi, yi), textcoords="offset points",
+                    xytext=(3, 6 if k % 2 == 0 else -11), fontsize=6.5)
     ax.set_xlabel("compression latency (ms)")
     ax.set_ylabel("average retention (%)")
-    ax.set_title("Temporal share $\\gamma$")
+    ax.set_title("Temporal share $\\gamma$" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     png = _save(fig, out.with_suffix(".png"))
@@ -122,7 +153,8 @@ def figure3(points: Sequence[Mapping[str, float]], out: str | Path) -> tuple[Pat
 
 # ---------------------------------------------------------------- Figure A2
 
-def figure_a2(per_benchmark: Mapping[str, Sequence[Mapping[str, Any]]], out: str | Path) -> tuple[Path, Path]:
+def figure_a2(per_benchmark: Mapping[str, Sequence[Mapping[str, Any]]], out: str | Path,
+              subtitle: str = "") -> tuple[Path, Path]:
     """Per-video CV of B_t per benchmark: violins with box plots, red dashed medians (Figure A2).
 
     per_benchmark: benchmark -> samples (sample_stats or method_stats dicts). CSV rows: one per video
@@ -130,7 +162,7 @@ def figure_a2(per_benchmark: Mapping[str, Sequence[Mapping[str, Any]]], out: str
     """
     out = Path(out)
     names, cvs = [], []
-    for name, samples in per_benchmark.items():
+    for name, samples in sorted(per_benchmark.items(), key=lambda kv: _bench_rank(kv[0])):
         v = [budget_cv(st["B_t"]) for st in _ottvid_stats(samples)]
         v = [c for c in v if not math.isnan(c)]
         if v:
@@ -152,6 +184,8 @@ def figure_a2(per_benchmark: Mapping[str, Sequence[Mapping[str, Any]]], out: str
     ax.set_xticks(pos)
     ax.set_xticklabels(names, rotation=20)
     ax.set_ylabel("CV = $\\sigma(B_t)/\\mu(B_t)$")
+    ax.set_title("Per-video CV of the pair budgets $B_t$ (red: median)" + (f"\n{subtitle}" if subtitle else ""),
+                 fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     png = _save(fig, out.with_suffix(".png"))
     rows = [(n, i, c, m) for n, v, m in zip(names, cvs, med) for i, c in enumerate(v)]
@@ -176,7 +210,7 @@ def rho_summary(samples: Sequence[Mapping[str, Any]], retention: float) -> dict:
 
 
 def figure_a3(groups: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], retention: float,
-              out: str | Path, bins: int = 40) -> tuple[Path, Path]:
+              out: str | Path, bins: int = 40, subtitle: str = "") -> tuple[Path, Path]:
     """Pooled rho_t histograms, backbones as rows and benchmarks as columns (Figure A3).
 
     groups: (backbone, benchmark) -> samples. Each panel: histogram of rho_t, a red dashed line at
@@ -186,7 +220,7 @@ def figure_a3(groups: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], ret
     if not groups:
         raise ValueError("groups: empty")
     backbones = list(dict.fromkeys(k[0] for k in groups))
-    benches = list(dict.fromkeys(k[1] for k in groups))
+    benches = sorted(dict.fromkeys(k[1] for k in groups), key=_bench_rank)
     fig, axes = plt.subplots(len(backbones), len(benches), figsize=(2.6 * len(benches), 2.1 * len(backbones)),
                              squeeze=False, sharex=True)
     rows = []
@@ -212,6 +246,9 @@ def figure_a3(groups: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], ret
             q = np.quantile(s["rho"], [0.05, 0.5, 0.95])
             rows.append((bb, bn, s["T"], s["pairs"], s["overflow"], s["overflow_rate"], s["rho_star"],
                          s["rho_above_star"], float(np.mean((s["rho"] >= 0.5) & (s["rho"] <= 1.5))), *q))
+    fig.suptitle("Pooled $\\rho_t = B_t/B_{uniform}$ (first-round share, before the cap); red: overflow threshold "
+                 "$\\rho^*$" + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
+    fig.tight_layout()
     png = _save(fig, out.with_suffix(".png"))
     header = ["backbone", "benchmark", "T", "pairs", "overflow_pairs", "overflow_rate", "rho_star",
               "frac_rho_above_star", "frac_rho_0.5_1.5", "rho_q05", "rho_median", "rho_q95"]
@@ -220,7 +257,7 @@ def figure_a3(groups: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], ret
 
 # ---------------------------------------------------------------- Figure A4
 
-def figure_a4(videos: Mapping[str, Mapping[str, Any]], out: str | Path) -> tuple[Path, Path]:
+def figure_a4(videos: Mapping[str, Mapping[str, Any]], out: str | Path, subtitle: str = "") -> tuple[Path, Path]:
     """W_t (red line) and B_t (blue bars) per pair, one panel per video (Figure A4).
 
     videos: title (e.g. "dynamic", "static") -> method_stats (or sample_stats) with W_t and B_t.
@@ -249,6 +286,8 @@ def figure_a4(videos: Mapping[str, Mapping[str, Any]], out: str | Path) -> tuple
             ax.set_xlabel("frame pair $t$")
         for ti, w, b in zip(t, W, B):
             rows.append((title, int(ti), float(w), float(b)))
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=9)
     fig.tight_layout()
     png = _save(fig, out.with_suffix(".png"))
     return png, _write_csv(out.with_suffix(".csv"), ["video", "pair", "W_t", "B_t"], rows)
@@ -274,9 +313,27 @@ def _hp(rec: dict, name: str, default: Any = None) -> Any:
     return math.inf if v == "inf" else v
 
 
+def _default_hparams(method: str) -> dict:
+    import ottvid
+
+    return {k: (math.inf if v == "inf" else v) for k, v in ottvid.method_params(method).items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return a == b or math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
 def _select(runs: Iterable[dict], backbone: str | None = None, method: str | None = None,
-            retention: float | None = None, **hparams: Any) -> list[dict]:
-    out = []
+            retention: float | None = None, vary: Sequence[str] = (), **hparams: Any) -> list[dict]:
+    """Cells of `backbone` (None: any) and `method` at `retention` with the given hyperparameters;
+    with a method, every other hyperparameter not in `vary` must be the registry default (hyperparameters
+    the backbone config chooses, e.g. FastVID's variant, are not checked). One record per (backbone,
+    benchmark, hyperparameters): the one with the most samples."""
+    defaults = _default_hparams(method) if method else {}
+    free = {"retention", *vary, *hparams}
+    best: dict[tuple, dict] = {}
     for r in runs:
         c = r["cell"]
         if backbone and c["backbone"]["name"] != backbone:
@@ -285,17 +342,31 @@ def _select(runs: Iterable[dict], backbone: str | None = None, method: str | Non
             continue
         if retention is not None and abs(float(_hp(r, "retention", 1.0)) - retention) > 1e-9:
             continue
-        if any(_hp(r, k) != v for k, v in hparams.items()):
+        if any(not _same(_hp(r, k), v) for k, v in hparams.items()):
             continue
-        out.append(r)
-    return out
+        if any(not _same(_hp(r, k, d), d) for k, d in defaults.items() if k not in free and d is not None):
+            continue
+        key = (c["backbone"]["name"], c["benchmark"]["name"], json.dumps(c.get("hparams", {}), sort_keys=True, default=str))
+        if key not in best or (r.get("n") or 0) > (best[key].get("n") or 0):
+            best[key] = r
+    return list(best.values())
+
+
+def scale_backbones(runs: Iterable[dict], scale: str) -> list[dict]:
+    """The cells of one scale: tiny backbones at a non-real scale (its twins), real backbones at `real`."""
+    if scale == "real":
+        return [r for r in runs if not r["cell"]["backbone"].get("tiny")]
+    from .sweep import load_scale
+
+    twins = set(load_scale(scale)["backbone"].values())
+    return [r for r in runs if r["cell"]["backbone"]["name"] in twins]
 
 
 def gamma_points(runs: Sequence[dict], backbone: str, retention: float = 0.1) -> list[dict]:
     """Figure 3 points from cell records: per gamma, Avg. (%) vs this backbone's vanilla and mean compress_ms."""
     van = {r["cell"]["benchmark"]["name"]: r["score"] for r in _select(runs, backbone, "vanilla")}
     by_gamma: dict[float, list[dict]] = {}
-    for r in _select(runs, backbone, "ottvid", retention):
+    for r in _select(runs, backbone, "ottvid", retention, vary=("gamma",)):
         by_gamma.setdefault(float(_hp(r, "gamma")), []).append(r)
     pts = []
     for g, recs in sorted(by_gamma.items()):
@@ -316,28 +387,51 @@ def gamma_points(runs: Sequence[dict], backbone: str, retention: float = 0.1) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("figure", choices=["fig3", "figA2", "figA3", "figA4"])
+    ap.add_argument("figure", choices=["fig3", "figA2", "figA3", "figA4", "all"], help="all = figA2 figA3 figA4")
     ap.add_argument("--runs", default="results/runs")
-    ap.add_argument("--out", default="results/figures")
-    ap.add_argument("--backbone", default=None, help="default: qwen2_5_vl_7b (fig3, figA2, figA4); all (figA3)")
+    ap.add_argument("--out", default=None, help="default: results/figures (results/figures/<scale> off the real scale)")
+    ap.add_argument("--scale", default="real", help="real | demo (configs/scale/): which cells to read")
+    ap.add_argument("--backbone", default=None, help="default: fig3 qwen2_5_vl_7b or its twin at --scale; figA2/figA4 "
+                                                     "the scale's figures_backbone; figA3 every backbone of the scale")
     ap.add_argument("--retention", type=float, default=0.1)
     ap.add_argument("--tau_b", type=float, default=0.3)
     ap.add_argument("--gamma", type=float, default=0.3)
     ap.add_argument("--dynamic", help="figA4: BENCHMARK:DOC_ID of the dynamic video (default: largest CV)")
     ap.add_argument("--static", help="figA4: BENCHMARK:DOC_ID of the static video (default: smallest CV)")
     a = ap.parse_args(argv)
-    runs = load_runs(a.runs)
-    out = Path(a.out)
-    bb = a.backbone or ("qwen2_5_vl_7b" if a.figure != "figA3" else None)
+    if a.figure == "all":
+        rest = [x for x in (argv if argv is not None else __import__("sys").argv[1:]) if x != "all"]
+        return max(main([f, *rest]) for f in ("figA2", "figA3", "figA4"))
+    from .cell import CellError
+    from .sweep import load_scale
+
+    try:
+        scale = load_scale(a.scale)
+    except CellError as e:
+        ap.error(str(e))
+    from .store import resolve_dir
+
+    runs = scale_backbones(load_runs(resolve_dir(a.runs)), a.scale)
+    out = resolve_dir(a.out) if a.out else resolve_dir("results/figures") / ("" if a.scale == "real" else a.scale)
+    main_bb = scale["backbone"].get("qwen2_5_vl_7b", "qwen2_5_vl_7b")      # Figure 3: the gamma sweep's backbone
+    fig_bb = scale.get("figures_backbone") or main_bb                       # Figures A2 / A4
+    bb = a.backbone or {"fig3": main_bb, "figA3": None}.get(a.figure, fig_bb)
     default = dict(tau_b=a.tau_b, gamma=a.gamma)
+    tag = " [demo scale: tiny backbone, synthetic shards]" if a.scale != "real" else ""
+    ott = f"OTT-Vid r={a.retention:g}, $\\tau_b$={a.tau_b:g}, $\\gamma$={a.gamma:g}"
     if a.figure == "fig3":
-        res = figure3(gamma_points(runs, bb, a.retention), out / "fig3_gamma")
+        pts = gamma_points(runs, bb, a.retention)
+        if not pts:
+            ap.error(f"no gamma-sweep cells of {bb} with a vanilla run in {a.runs} (run the gamma_sweep experiment)")
+        res = figure3(pts, out / "fig3_gamma", subtitle=f"{bb}, OTT-Vid r={a.retention:g}{tag}")
     elif a.figure == "figA2":
         sel = _select(runs, bb, "ottvid", a.retention, **default)
         per = {}
         for r in sel:
             per.setdefault(r["cell"]["benchmark"]["name"], []).extend(r.get("sample_stats", []))
-        res = figure_a2(per, out / "figA2_budget_cv")
+        if not per:
+            ap.error(f"no OTT-Vid cell of {bb} at r={a.retention:g}, tau_b={a.tau_b:g}, gamma={a.gamma:g} in {a.runs}")
+        res = figure_a2(per, out / "figA2_budget_cv", subtitle=f"{bb}, {ott}{tag}")
     elif a.figure == "figA3":
         groups = {}
         for r in _select(runs, bb, "ottvid", a.retention, **default):
@@ -345,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             groups.setdefault((r["cell"]["backbone"]["name"], r["cell"]["benchmark"]["name"]), []).extend(
                 r.get("sample_stats", []))
-        res = figure_a3(groups, a.retention, out / "figA3_rho")
+        if not groups:
+            ap.error(f"no OTT-Vid VQA cell at r={a.retention:g}, tau_b={a.tau_b:g}, gamma={a.gamma:g} in {a.runs}")
+        res = figure_a3(groups, a.retention, out / "figA3_rho", subtitle=f"{ott}{tag}")
     else:
         sel = _select(runs, bb, "ottvid", a.retention, **default)
         pool = [(r["cell"]["benchmark"]["name"], s) for r in sel for s in r.get("sample_stats", [])
@@ -364,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                              reverse=title == "dynamic")
             b, s = hit[0]
             vids[f"{title} ({b}:{s.get('doc_id')})"] = s
-        res = figure_a4(vids, out / "figA4_budget_time")
+        res = figure_a4(vids, out / "figA4_budget_time", subtitle=f"{bb}, {ott}{tag}")
     print("\n".join(str(p) for p in res))
     return 0
 

@@ -10,6 +10,12 @@ merged (vanilla at any ratio is one cell), done cells are skipped, and the rest 
 - `launcher=hydra`: one `runners.evaluate` Hydra multirun per sub-grid through
   `hydra/launcher` (e.g. `hydra/launcher=slurm`: one SLURM job per cell).
 
+`scale=demo` (configs/scale/demo.yaml) runs the same grid with each real backbone replaced by
+its tiny offline twin and each real benchmark by its synthetic twin (CPU); `scale=real` (default)
+runs the grid as written. The W&B group is the experiment's name (`<name>-demo` at demo scale);
+cells the grid shares with an earlier experiment are not re-evaluated, but are logged into this
+experiment's group too, so each group holds its whole grid.
+
 Any other override (backbone=..., limit=..., wandb.mode=...) applies to every cell.
 """
 from __future__ import annotations
@@ -27,11 +33,13 @@ from omegaconf import OmegaConf
 import ottvid
 
 from .cell import Cell, CellError, cell_path, resolve_cell
-from .run import plain_config, run_cell
+from . import store
+from .run import now as run_now, plain_config, run_cell
 from .store import REPO_ROOT, is_done, resolve_dir
 
 CONFIG_DIR = str(REPO_ROOT / "configs")
-SWEEP_KEYS = {"launcher", "fail_fast"}
+SWEEP_KEYS = {"launcher", "fail_fast", "scale"}
+SCALED_AXES = ("backbone", "benchmark")
 
 
 def _fmt(v) -> str:
@@ -56,8 +64,53 @@ def expand_grid(grid: list[dict]) -> list[list[list[str]]]:
     return out
 
 
+def load_scale(name: str) -> dict:
+    """configs/scale/<name>.yaml: {name, backbone: {real: twin}, benchmark: {real: twin}, overrides,
+    figures_backbone (default backbone of Figures A2 / A4)}."""
+    path = Path(CONFIG_DIR) / "scale" / f"{name}.yaml"
+    if not path.is_file():
+        raise CellError(f"unknown scale {name!r}; choices: " + ", ".join(
+            sorted(p.stem for p in (Path(CONFIG_DIR) / "scale").glob("*.yaml"))))
+    sc = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return {"name": name, "overrides": list(sc.get("overrides") or []), "figures_backbone": sc.get("figures_backbone"),
+            **{ax: dict(sc.get(ax) or {}) for ax in SCALED_AXES}}
+
+
+def scale_of(argv: list[str]) -> dict:
+    """The scale named on the command line (`scale=...`, default real)."""
+    return load_scale(_split_overrides(argv)[1].get("scale", "real"))
+
+
+def apply_scale(grid: list[dict], scale: dict) -> list[dict]:
+    """The grid with each backbone / benchmark value replaced by its twin at this scale. A value that
+    is already a twin stays; at a non-real scale, any other value is an error (a real 7B backbone
+    must never run unnoticed inside a demo-scale grid)."""
+    out = []
+    for sub in grid:
+        new = dict(sub)
+        for ax in SCALED_AXES:
+            mapping = scale[ax]
+            if ax not in sub or not mapping:
+                continue
+            vals = sub[ax] if isinstance(sub[ax], list) else [sub[ax]]
+            bad = [v for v in vals if v not in mapping and v not in mapping.values()]
+            if bad:
+                raise CellError(f"{ax} {bad} has no twin at scale {scale['name']!r}; "
+                                f"configs/scale/{scale['name']}.yaml maps: {', '.join(mapping)}")
+            new[ax] = [mapping.get(v, v) for v in vals]
+        out.append(new)
+    return out
+
+
+def wandb_group_name(base, scale: dict) -> str:
+    """Explicit `wandb.group`, else the experiment name (suffixed `-<scale>` off the real scale)."""
+    if base.wandb.get("group"):
+        return str(base.wandb.group)
+    return str(base.experiment_name) + ("" if scale["name"] == "real" else f"-{scale['name']}")
+
+
 def _split_overrides(argv: list[str]) -> tuple[list[str], dict]:
-    """Sweep-only keys (launcher, fail_fast) vs overrides passed on to every cell."""
+    """Sweep-only keys (launcher, fail_fast, scale) vs overrides passed on to every cell."""
     cell_ov, opts = [], {}
     for a in argv:
         k, _, v = a.partition("=")
@@ -69,15 +122,18 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict]:
 
 
 def plan(argv: list[str]) -> tuple[object, list[tuple[Cell, list[str], dict]], list[list[list[str]]]]:
-    """Compose and validate every cell of the experiment. Raises CellError on the first bad one."""
-    overrides, _ = _split_overrides(argv)
+    """Compose and validate every cell of the experiment (at the `scale=` given, default real).
+    Raises CellError on the first bad one."""
+    overrides, opts = _split_overrides(argv)
+    scale = load_scale(opts.get("scale", "real"))
+    overrides = scale["overrides"] + overrides
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         base = compose("evaluate", overrides=overrides)
         if not base.get("grid"):
             raise CellError("no grid: pass experiment=<name>; choices: " + ", ".join(
                 sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))))
-        grid = OmegaConf.to_container(base.grid, resolve=True)
+        grid = apply_scale(OmegaConf.to_container(base.grid, resolve=True), scale)
         subgrids = expand_grid(grid)
         cells, seen = [], set()
         for sub in subgrids:
@@ -98,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         base, cells, subgrids = plan(argv)
+        scale = scale_of(argv)
     except CellError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -105,30 +162,34 @@ def main(argv: list[str] | None = None) -> int:
     runs = resolve_dir(base.results_dir)
     done = [c for c, _, _ in cells if is_done(cell_path(c, runs))]
     pending = [t for t in cells if not (not base.force and is_done(cell_path(t[0], runs)))]
-    print(f"experiment {base.experiment_name}: {len(cells)} cells, {len(done)} done, {len(pending)} to run "
-          f"-> {runs}", flush=True)
+    tag = "" if scale["name"] == "real" else f" (scale {scale['name']})"
+    print(f"experiment {base.experiment_name}{tag}: {len(cells)} cells, {len(done)} done, "
+          f"{len(pending)} to run -> {runs}", flush=True)
     if base.dry_run:
         for c, _, _ in cells:
             state = "done" if is_done(cell_path(c, runs)) else "pending"
             print(f"  {state:7s} {c.label}")
         return 0
+    group = wandb_group_name(base, scale)
     launcher = opts.get("launcher", base.get("launcher", "local"))
     if launcher == "hydra":
-        return _via_hydra(overrides, subgrids)
+        return _via_hydra(scale["overrides"] + overrides + [f"wandb.group={group}"], subgrids)
     if launcher != "local":
         print(f"error: launcher={launcher!r}; choices: local, hydra", file=sys.stderr)
         return 2
-    return _local(base, pending, runs, fail_fast=str(opts.get("fail_fast", base.get("fail_fast", False))).lower() == "true")
+    rc = _local(base, pending, runs, group, fail_fast=str(opts.get("fail_fast", base.get("fail_fast", False))).lower() == "true")
+    todo = {t[0].key for t in pending}
+    _log_shared_cells(base, [c for c, _, _ in cells if c.key not in todo], runs, group)
+    return rc
 
 
-def _local(base, pending, runs: Path, fail_fast: bool) -> int:
+def _local(base, pending, runs: Path, group: str, fail_fast: bool) -> int:
     from tqdm import tqdm
 
     # one model per (backbone, method, hyperparameters): run its benchmarks back to back
     pending = sorted(pending, key=lambda t: (t[0].backbone["name"], t[0].method,
                                              repr(sorted(t[0].hparams.items())), t[0].benchmark["name"]))
     wcfg = OmegaConf.to_container(base.wandb, resolve=True)
-    group = str(base.wandb.get("group") or base.experiment_name)
     failed = 0
     bar = tqdm(pending, desc=f"{base.experiment_name} cells", unit="cell", disable=not base.progress,
                file=sys.stdout, position=0)
@@ -143,6 +204,44 @@ def _local(base, pending, runs: Path, fail_fast: bool) -> int:
     bar.close()
     print(f"{len(pending) - failed} cells evaluated, {failed} failed", flush=True)
     return 1 if failed else 0
+
+
+def _logged_groups(rec: dict) -> set[str]:
+    groups = set((rec.get("wandb_groups") or {}))
+    first = rec.get("wandb") or {}
+    if isinstance(first, dict) and first.get("group"):
+        groups.add(first["group"])
+    return groups
+
+
+def _log_shared_cells(base, cells: list[Cell], runs: Path, group: str) -> int:
+    """Log done cells evaluated under another experiment (shared grid points, e.g. OTT-Vid's default
+    setting in every ablation) into this experiment's W&B group as well, once per group; the record
+    keeps `wandb_groups` {group: run info}. Returns how many were logged."""
+    from .wandb_log import log_cell
+
+    wcfg = OmegaConf.to_container(base.wandb, resolve=True)
+    n = 0
+    for cell in cells:
+        path = cell_path(cell, runs)
+        rec = store.read(path)
+        if not rec or rec.get("status") != "done" or group in _logged_groups(rec):
+            continue
+        with store.Claim(path) as claim:
+            if not claim.acquire():
+                continue
+            try:  # a fresh W&B run id (the logging time), so the cell's first run keeps its own group
+                info = log_cell(wcfg, group, {**rec, "started": run_now()}, str(Path(runs).parent / "wandb"))
+            except Exception as e:  # noqa: BLE001 - logging must not lose a result
+                info = {"error": f"{type(e).__name__}: {e}"}
+            if info is None:  # W&B disabled
+                continue
+            rec.setdefault("wandb_groups", {})[group] = info
+            store.atomic_write_json(path, rec)
+            n += 1
+    if n:
+        print(f"{n} cells shared with other experiments logged to W&B group {group}", flush=True)
+    return n
 
 
 def _via_hydra(overrides: list[str], subgrids: list[list[list[str]]]) -> int:
