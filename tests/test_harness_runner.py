@@ -134,6 +134,26 @@ def test_aggregate_layout_missing_cells_and_tests(tmp_path):
     assert hol["vqa_diff_vs_ottvid"] < 0 and hol["vqa_p_vs_ottvid"] < 0.05
 
 
+def test_avg_leaves_out_benchmarks_where_vanilla_scores_zero(tmp_path):
+    """Retention is undefined where our vanilla scores 0: that benchmark is left out of Avg. (%) and the
+    average is flagged; a missing cell still makes the average missing."""
+    args = ["experiment=demo", f"results_dir={tmp_path}"]
+    _, cells, _ = plan(args)
+    for cell, _, _ in cells:
+        zero = cell.method == "vanilla" and cell.benchmark["name"] == "synth_mlvu"
+        sc = {str(i): 0.0 if zero else float(100 * (i % 2 if cell.method == "vanilla" else i % 4 == 0))
+              for i in range(8)}
+        store.atomic_write_json(tmp_path / cell.filename(), _fake_run(cell, sc))
+    t = aggregate.build(args)
+    md, df, _ = aggregate.render(t)
+    ott = [r for r in t["rows"] if r["method"] == "ottvid" and r["retention"] == 0.1][0]
+    assert ott["vqa_avg_undefined"] == ["mlvu"]
+    assert ott["vqa_avg"] == pytest.approx(50.0)  # 25 / 50 on the three benchmarks with a defined ratio
+    line = next(x for x in md.splitlines() if x.startswith("| ottvid | 10% |"))
+    assert "50.0**†" in line or "50.0†" in line  # flagged in the table
+    assert not ott["vtg_avg_undefined"]
+
+
 def test_bootstrap_ci_and_paired_test_behave():
     ci = aggregate.bootstrap_ci({str(i): float(i % 2) * 100 for i in range(200)}, None)
     assert ci[0] < 50 < ci[1] and ci[1] - ci[0] < 20
