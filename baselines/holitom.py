@@ -16,6 +16,7 @@ Pipeline (NOTES.md steps 1-9):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -269,5 +270,11 @@ class HoliTom(Compressor):
             "dynamic_contextual": st["dynamic_merged_out"],
             "dynamic_pruned": st["dynamic_in"] - st["dynamic_kept"] - st["dynamic_merged_out"],
         }
+        target = round(p.retention * total)
+        stats["target"] = target
+        if retain >= 1 and out.shape[0] < 0.9 * target:
+            warnings.warn(f"holitom: {removed} of {total} tokens are temporally redundant at tau={p.tau}, so keeping "
+                          f"every other token gives {out.shape[0]} < round(r*T*N) = {target}; the official rule keeps "
+                          f"this count (stats['retention_after_static'] = 1)")
         return CompressedTokens(features=out, positions=positions, stats=stats)
 

@@ -331,3 +331,13 @@ def test_cuda_matches_fixture(case):
     sb, ib = flat(d["output"]["positions"], grid).sort()
     assert torch.equal(sa, sb)
     assert torch.allclose(out.features.cpu()[ia], d["output"]["features"][ib], atol=1e-4, rtol=0)
+
+
+def test_saturated_rebalancing_warns_instead_of_landing_silently_far_from_r():
+    """A static video: HoliTom's official rule cannot reach r*T*N (r' saturates at 1); it says so."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 8, generator=g).expand(6, 16, 8).clone()
+    v = VideoTokens(features=x, grid_hw=(4, 4), saliency=torch.full((6, 16), 1 / 16))
+    with pytest.warns(UserWarning, match="temporally redundant"):
+        out = make(retention=0.5)(v)
+    assert out.stats["retention_after_static"] == 1 and out.count < 0.9 * out.stats["target"]
