@@ -23,7 +23,6 @@ per-frame noise draws and per-anchor-frame merge pools (see `qwen_budgets`, `_co
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -283,37 +282,42 @@ def _compress_qwen2_5_vl(P, video: VideoTokens) -> CompressedTokens:
         stat_pool += int(p_idx.numel())
 
     # ---- assembly: raster order, each token at its own / its anchor's slot (original M-RoPE ids)
+    return _assemble(video, out_tok, out_flat, g_src, sim, cuts, sizes, {
+        "variant": P.variant,
+        "ignore_runs": runs,
+        "collapsed_frames": T - len(runs),
+        "frame_retain_num": int(N * P.retention),
+        "salient_per_frame": sal,
+        "context_per_frame": ctx,
+        "salient_kept": sum(sal),
+        "anchors": sum(ctx),
+        "anchor_frames": len(ctx_frames),
+        "merged_pool_tokens": stat_pool,
+    })
+
+
+def _assemble(video: VideoTokens, out_tok: list, out_flat: list, g_src: str, sim: torch.Tensor, cuts: list,
+              sizes: list, extra: dict) -> CompressedTokens:
+    """Kept tokens in raster order of their slots (each at its own or its anchor's (t, h, w)), with the
+    segmentation stats both variants report plus the variant's own `extra`."""
+    T, N, _ = video.features.shape
     flat = torch.cat(out_flat)
     order = torch.argsort(flat)
     flat = flat[order]
-    feats = torch.cat(out_tok)[order].to(x.dtype)
-    H, W = video.grid_hw
-    pos = torch.stack([flat // N, (flat % N) // W, flat % W], dim=-1)
-    n_sal, n_ctx = sum(sal), sum(ctx)
-    return CompressedTokens(
-        features=feats,
-        positions=pos,
-        stats={
-            "variant": P.variant,
-            "tokens_in": T * N,
-            "tokens_out": int(flat.numel()),
-            "frame_feature_source": g_src,
-            "adjacent_cosine": [float(v) for v in sim.float().tolist()],
-            "cut_indices": cuts,
-            "segments": len(sizes),
-            "segment_sizes": sizes,
-            "ignore_runs": runs,
-            "collapsed_frames": T - len(runs),
-            "frame_retain_num": int(N * P.retention),
-            "salient_per_frame": sal,
-            "context_per_frame": ctx,
-            "salient_kept": n_sal,
-            "anchors": n_ctx,
-            "anchor_frames": len(ctx_frames),
-            "merged_pool_tokens": stat_pool,
-            "pruned": T * N - int(flat.numel()),
-        },
-    )
+    W = video.grid_hw[1]
+    stats = {
+        "tokens_in": T * N,
+        "tokens_out": int(flat.numel()),
+        "frame_feature_source": g_src,
+        "adjacent_cosine": [float(v) for v in sim.float().tolist()],
+        "cut_indices": cuts,
+        "segments": len(sizes),
+        "segment_sizes": sizes,
+        **extra,
+        "pruned": T * N - int(flat.numel()),
+    }
+    return CompressedTokens(features=torch.cat(out_tok)[order].to(video.features.dtype),
+                            positions=torch.stack([flat // N, (flat % N) // W, flat % W], dim=-1), stats=stats)
 
 
 @register("fastvid")
@@ -424,33 +428,14 @@ class FastVID(Compressor):
             start += L
 
         # ---- assembly: raster order of the kept slots, each token at its own / anchor's slot
-        flat = torch.cat(out_flat)
-        order = torch.argsort(flat)
-        flat = flat[order]
-        feats = torch.cat(out_tok)[order].to(x.dtype)
-        H, W = video.grid_hw
-        pos = torch.stack([flat // N, (flat % N) // W, flat % W], dim=-1)
-        n_ctx = int(flat.numel()) - T * S
-        return CompressedTokens(
-            features=feats,
-            positions=pos,
-            stats={
-                "tokens_in": T * N,
-                "tokens_out": int(flat.numel()),
-                "frame_feature_source": g_src,
-                "adjacent_cosine": [float(v) for v in sim.float().tolist()],
-                "cut_indices": cuts,
-                "segments": len(sizes),
-                "segment_sizes": sizes,
-                "frame_retain_num": R,
-                "frame_salient_num": S,
-                "frame_context_num": C,
-                "context_budget_per_frame": budget,
-                "salient_kept": T * S,
-                "anchors": n_ctx,
-                "anchor_frames_single_pool": n_single,
-                "anchor_frames_segment_pool": n_multi,
-                "merged_pool_tokens": stat_pool,
-                "pruned": T * N - int(flat.numel()),
-            },
-        )
+        return _assemble(video, out_tok, out_flat, g_src, sim, cuts, sizes, {
+            "frame_retain_num": R,
+            "frame_salient_num": S,
+            "frame_context_num": C,
+            "context_budget_per_frame": budget,
+            "salient_kept": T * S,
+            "anchors": sum(int(f.numel()) for f in out_flat) - T * S,
+            "anchor_frames_single_pool": n_single,
+            "anchor_frames_segment_pool": n_multi,
+            "merged_pool_tokens": stat_pool,
+        })

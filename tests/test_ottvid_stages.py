@@ -98,7 +98,7 @@ def test_greedy_matches_equals_sequential_walk(seed):
 
 
 def test_union_merge_chains_average_uniformly_and_prune_drops_subtree():
-    T, K, D = 3, 2, 1
+    K = 2
     kept = torch.tensor([[[1.0], [10.0]], [[2.0], [20.0]], [[3.0], [30.0]]])
     C = torch.zeros(2, K, K)
     C[1, 1, 1] = 0.9  # (1,1) <- (2,1) is an expensive match: pruned

@@ -78,7 +78,7 @@ def test_metric_none_equals_missing_keys(case):
 def test_merged_token_is_half_self_half_neighbourhood_mean(case):
     """Output = mix_weights @ fused frame, rows: 1/2 + 1/(2|A_i|) on self, 1/(2|A_i|) on neighbours."""
     d = _load(case)
-    i, p, aux = d["inputs"], d["params"], d["aux"]
+    i, aux = d["inputs"], d["aux"]
     fused, _ = fuse_groups(i["features"], aux["group_size"].tolist())
     rows = torch.cat([w @ fused[g] for g, w in enumerate(aux["mix_weights"])])
     torch.testing.assert_close(rows, d["output"]["features"], atol=1e-4, rtol=0)

@@ -20,7 +20,7 @@ import torch
 from ..contract import CompressedTokens, VideoTokens
 from ..efficiency import prefill_tflops
 from ..registry import build_compressor
-from .video import Frames, load_frames
+from .video import Frames
 
 DEFAULTS_FILE = "ottvid_backbone.json"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..contract import CompressedTokens, VideoTokens
-from .common import Adapter, Prepared, read_defaults
+from .common import Adapter, Prepared, read_defaults, received_attention
 from .video import Frames, load_frames
 
 # PROTOCOL.md: 32 uniform frames, dynamic resolution bounds of the official runs; VTG at 2 fps.
@@ -119,7 +119,6 @@ class Qwen25VLAdapter(Adapter):
         q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
         seg = (cu[1:] - cu[:-1]).tolist()
         rec = torch.empty(S, dtype=torch.float32, device=h.device)
-        start = 0
         lens = sorted(set(seg))
         # batch the equal-length segments (frames) together
         bounds = [(int(cu[i]), int(cu[i + 1])) for i in range(len(seg))]
@@ -128,8 +127,6 @@ class Qwen25VLAdapter(Adapter):
             rows = torch.cat([torch.arange(a, b, device=h.device) for a, b in idx])
             qq = q[rows].view(len(idx), L, attn.num_heads, -1).transpose(1, 2)
             kk = k[rows].view(len(idx), L, attn.num_heads, -1).transpose(1, 2)
-            from .common import received_attention
-
             rec[rows] = received_attention(qq, kk, attn.scaling).reshape(-1)
         unit = visual.spatial_merge_size ** 2
         window_index, _ = get_vision_window_index(grid, spatial_merge_size=visual.spatial_merge_size,
