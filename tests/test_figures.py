@@ -12,6 +12,15 @@ from PIL import Image
 from runners import figures as F
 
 
+@pytest.fixture
+def figs(monkeypatch):
+    """The matplotlib figures the module saves, captured as they are written."""
+    captured = []
+    real_save = F._save
+    monkeypatch.setattr(F, "_save", lambda fig, p: (captured.append(fig), real_save(fig, p))[1])
+    return captured
+
+
 def _rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -53,25 +62,19 @@ def test_figure3(tmp_path):
     assert float(rows[1]["avg"]) == 84.9
 
 
-def test_figure3_axes(tmp_path, monkeypatch):
-    figs = []
-    real_save = F._save
-    monkeypatch.setattr(F, "_save", lambda fig, p: (figs.append(fig), real_save(fig, p))[1])
+def test_figure3_axes(tmp_path, figs):
     F.figure3([{"gamma": g, "compress_ms": 10 * g + 1, "avg": 80 + g} for g in (0, 0.5, 1)], tmp_path / "f")
     (ax,) = figs[0].axes
     assert len(ax.lines) == 2                       # the gamma curve and the best-point marker
     assert list(ax.lines[0].get_xdata()) == [1, 6, 11]
 
 
-def test_figure_a2(tmp_path, monkeypatch):
+def test_figure_a2(tmp_path, figs):
     per = {"mvbench": [{"method_stats": _stats([2, 2, 2], [1 / 3] * 3)},
                        {"method_stats": _stats([1, 3], [0.25, 0.75])},
                        {"method_stats": _stats([1, 1, 4], [0.2, 0.2, 0.6])},
                        {"method_stats": {"tokens_in": 10}}],            # a non-OTT-Vid sample: ignored
            "charades": [_stats([3, 1, 2, 2], [0.4, 0.1, 0.25, 0.25])]}
-    figs = []
-    real_save = F._save
-    monkeypatch.setattr(F, "_save", lambda fig, p: (figs.append(fig), real_save(fig, p))[1])
     png, path = F.figure_a2(per, tmp_path / "a2")
     _png_ok(png)
     rows = _rows(path)
@@ -89,16 +92,13 @@ def test_figure_a2(tmp_path, monkeypatch):
         F.figure_a2({"x": [{"tokens_in": 1}]}, tmp_path / "none")
 
 
-def test_figure_a3(tmp_path, monkeypatch):
+def test_figure_a3(tmp_path, figs):
     r_s = 0.1 ** 0.7                                                    # r = 0.1, gamma = 0.3
     T = 5
     a = [_stats([3, 3, 3, 3], [0.25] * 4, r_s=r_s),
          _stats([1, 2, 4, 5], [0.05, 0.15, 0.3, 0.5], overflow=1, r_s=r_s)]     # 0.5 * 4 = 2.0 > rho*
     b = [_stats([2, 4, 3, 3], [0.2, 0.3, 0.25, 0.25], r_s=r_s)]
     groups = {("qwen", "mvbench"): a, ("qwen", "videomme"): b, ("llava", "mvbench"): b}
-    figs = []
-    real_save = F._save
-    monkeypatch.setattr(F, "_save", lambda fig, p: (figs.append(fig), real_save(fig, p))[1])
     png, path = F.figure_a3(groups, 0.1, tmp_path / "a3")
     _png_ok(png)
     rows = {(r["backbone"], r["benchmark"]): r for r in _rows(path)}
@@ -120,12 +120,9 @@ def test_figure_a3(tmp_path, monkeypatch):
     assert "12.50%" in ax.texts[0].get_text()
 
 
-def test_figure_a4(tmp_path, monkeypatch):
+def test_figure_a4(tmp_path, figs):
     vids = {"dynamic": {"method_stats": {"W_t": [0.9, 0.2, 0.7], "B_t": [1, 6, 2]}},
             "static": {"W_t": [0.1, 0.1, 0.1], "B_t": [3, 3, 3]}}
-    figs = []
-    real_save = F._save
-    monkeypatch.setattr(F, "_save", lambda fig, p: (figs.append(fig), real_save(fig, p))[1])
     png, path = F.figure_a4(vids, tmp_path / "a4")
     _png_ok(png)
     rows = _rows(path)
