@@ -144,7 +144,6 @@ def build(argv: list[str]) -> dict:
     rowkey = ["backbone", "method", "retention", "setting"]
     # vanilla score per (backbone, column)
     van = {(r.backbone, r.column): r.score for r in df[df.method == "vanilla"].itertuples()}
-    van_scores = {(r.backbone, r.column): r.scores for r in df[df.method == "vanilla"].itertuples()}
     fams = {"vqa": [c for c in dict.fromkeys(df[df.family == "vqa"].column)],
             "vtg": [c for c in dict.fromkeys(df[df.family == "vtg"].column)]}
     summary = []
@@ -184,7 +183,6 @@ def build(argv: list[str]) -> dict:
             if vals:
                 rec[s] = float(np.mean(vals))
         summary.append(rec)
-    _ = van_scores
     t = {"experiment": exp, "long": df, "rows": summary, "fams": fams, "scale": scale["name"],
          "demo": bool(len(df)) and bool(df.tiny.all()), "twin_of": {v: k for k, v in scale["backbone"].items()},
          "backbones": list(dict.fromkeys(df.backbone)), "paper_table": EXPERIMENT_TABLE.get(exp)}

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import ottvid
+from ottvid.registry import check_retention
 
 # Top-level config keys that are not method hyperparameters.
 BASE_KEYS = {"retention", "seed", "limit", "batch_size", "force", "dry_run", "results_dir", "experiment_name",
@@ -121,12 +122,13 @@ def resolve_cell(cfg: DictConfig) -> Cell:
     unknown = sorted(k for k in c if k not in BASE_KEYS and k not in hp_names)
     if unknown:
         raise CellError(_choices(f"unknown hyperparameter(s) {unknown} for method {method!r}", hp_names))
-    r = c.get("retention")
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < float(r) <= 1.0:
-        raise CellError(f"retention: must be a number in (0, 1], got {r!r}")
+    try:  # the shared top-level key, checked by the registry's rule even for vanilla (which ignores it)
+        r = check_retention(c.get("retention"))
+    except ValueError as e:
+        raise CellError(str(e)) from None
     hparams = {k: c[k] for k in hp_names if k in c and k != "retention"}
     if "retention" in hp_names:
-        hparams["retention"] = 1.0 if method == "vanilla" else float(r)
+        hparams["retention"] = 1.0 if method == "vanilla" else r
     # drop nulls so that the registry's default (e.g. "derived from retention") applies
     given = {k: v for k, v in hparams.items() if v is not None}
     try:

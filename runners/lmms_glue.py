@@ -6,7 +6,6 @@ benchmarks; each cell reads only the `sample_stats` entries its own evaluation a
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ TASKS_DIR = REPO_ROOT / "tasks"
 _TASK_MANAGERS: dict[bool, Any] = {}
 _MODELS: dict[str, Any] = {}
 _TINY: dict[str, str] = {}
+_SHARDS_READY = False  # the synthetic shards were generated (checked) in this process
 
 
 def task_manager(include_defaults: bool):
@@ -44,8 +44,9 @@ def dataset_repos(task: str, tm) -> list[str]:
 
 def check_dataset(task: str, tm) -> None:
     """Fail fast, before any model loads, when a hub-hosted benchmark is not cached and we are offline."""
-    if os.environ.get("HF_DATASETS_OFFLINE", "0").lower() not in ("1", "true", "yes") and \
-            os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+    from ottvid.backbones.common import env_flag
+
+    if not (env_flag("HF_DATASETS_OFFLINE") or env_flag("HF_HUB_OFFLINE")):
         return
     from huggingface_hub import snapshot_download
 
@@ -90,11 +91,12 @@ def evaluate(cell: Cell) -> dict:
     """Run lmms-eval on the cell's task; return metrics, per-sample scores and stats."""
     from lmms_eval.evaluator import simple_evaluate
 
-    if cell.benchmark.get("synthetic") and not _TINY.get("_shards"):
+    global _SHARDS_READY
+    if cell.benchmark.get("synthetic") and not _SHARDS_READY:
         from tasks.synthetic.generate import generate
 
         generate()  # idempotent; seconds on first use
-        _TINY["_shards"] = "ok"
+        _SHARDS_READY = True
     tm = task_manager(bool(cell.benchmark.get("include_defaults", True)))
     check_dataset(cell.benchmark["task"], tm)
     t0 = time.time()

@@ -27,6 +27,11 @@ DEFAULTS_FILE = "ottvid_backbone.json"
 
 # ---------------------------------------------------------------- checkpoint resolution
 
+def env_flag(name: str) -> bool:
+    """Whether an on/off environment variable such as HF_HUB_OFFLINE is set to a true value."""
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+
+
 def resolve_checkpoint(pretrained: str, how_to_get: str) -> Path:
     """Local directory of `pretrained` (a path or a hub id already in the local HF cache).
 
@@ -40,7 +45,7 @@ def resolve_checkpoint(pretrained: str, how_to_get: str) -> Path:
         return p
     if p.exists() or pretrained.count("/") != 1 or pretrained.startswith((".", "/")):
         raise FileNotFoundError(f"pretrained: checkpoint {pretrained!r} not found; {how_to_get}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = env_flag("HF_HUB_OFFLINE")
     from huggingface_hub import snapshot_download
 
     try:
