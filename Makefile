@@ -6,22 +6,36 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test test-fast bench
+.PHONY: setup test test-fast bench lock check-lock
 
-# torch/torchvision come from PyPI (`--isolated`: a local CPU-only torch wheel named in a
-# pip config would shadow the build torchvision is compiled against). Install your own
-# CUDA build first if you need another one: setup keeps a working pinned pair.
+# constraints.txt is the lock of the whole environment (every distribution, exact versions);
+# setup installs from it and nothing else floats. Everything comes from PyPI (`--isolated`: a
+# machine's pip config, e.g. a local CPU-only torch wheel that would shadow the build torchvision
+# is compiled against, is not consulted). `make lock` refreshes the lock on purpose.
 setup: .venv/.ready
 .venv/.ready: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) --isolated install -q "torch==2.13.0" "torchvision==0.28.0"
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) --isolated install -q -c constraints.txt torch torchvision
+	$(PIP) --isolated install -q -c constraints.txt -e ".[dev]"
+	$(PY) .ci/lock.py check constraints.txt
 	touch $@
 
-test: setup
+# fresh venv from .ci/pins.txt (the versions we choose) -> constraints.txt (everything resolved)
+lock:
+	rm -rf .lockenv && python3 -m venv .lockenv
+	.lockenv/bin/pip --isolated install -q -c .ci/pins.txt torch torchvision
+	.lockenv/bin/pip --isolated install -q -c .ci/pins.txt -e ".[dev]"
+	.lockenv/bin/python .ci/lock.py write constraints.txt
+	rm -rf .lockenv
+	@echo "lock refreshed: review 'git diff constraints.txt', then make setup && make test"
+
+check-lock: setup
+	$(PY) .ci/lock.py check constraints.txt
+
+test: setup check-lock
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup check-lock
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
