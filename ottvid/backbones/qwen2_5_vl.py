@@ -236,8 +236,12 @@ class Qwen25VLAdapter(Adapter):
         keep = torch.cat([torch.arange(s, device=ids.device), s + flat, torch.arange(e, len(ids), device=ids.device)])
         position_ids = pos[:, :, keep]
         return Prepared(inputs_embeds=embeds, position_ids=position_ids, next_position=int(pos.max()) + 1,
-                        video=video, compressed=out,
+                        video=video, compressed=out, input_ids=inputs["input_ids"],
                         extras={"keep_index": keep, "video_span": (s, e), "full_position_ids": pos})
+
+    def eos_token_ids(self) -> list[int]:
+        """The official wrapper passes `eos_token_id=tokenizer.eos_token_id` (<|im_end|>) to `generate`."""
+        return [int(self.tokenizer.eos_token_id)]
 
     def decode_positions(self, p: int) -> torch.Tensor:
         return torch.full((3, 1, 1), p, dtype=torch.long, device=self.device)
