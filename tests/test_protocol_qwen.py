@@ -198,3 +198,29 @@ def test_time_scale_option(tmp_path):
     assert frames.sampled_fps != 2.0    # the two scales really differ on this video
     with pytest.raises(ValueError, match="time_scale"):
         load_backbone("qwen2_5_vl", ck, device="cpu", dtype="float32", overrides={"time_scale": "wall"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["synth_mvbench", "synth_charades_timelens"])
+def test_inspect_task_doc_is_what_a_run_feeds(task, capsys):
+    """`--task T --doc 0` prints the prompt, frames and sequence length a run of that benchmark feeds the model."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from ottvid.backbones.tiny import build_tiny
+    from ottvid.inspect import REPO_ROOT, benchmark_of_task, main
+    from runners.lmms_models import OttvidQwen25VL
+
+    assert main(["--backbone", "tiny_qwen2_5_vl", "--task", task, "--doc", "0", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    vtg = task.endswith("timelens")
+    assert rec["mode"] == ("vtg" if vtg else "vqa") and rec["lmms_model_name"] == "qwen2_5_vl"
+    assert rec["prompt_text"].endswith(f"<|vision_end|>{rec['context']}<|im_end|>\n<|im_start|>assistant\n")
+    extra = benchmark_of_task(task).get("model_args") or {}
+    model = OttvidQwen25VL(pretrained=str(build_tiny("qwen2_5_vl", REPO_ROOT / "cache" / "tiny" / "qwen2_5_vl")),
+                           method="vanilla", device="cpu", max_new_tokens=1, **extra)
+    simple_evaluate(model=model, tasks=[task], limit=1, batch_size=1,
+                    task_manager=TaskManager(include_path=str(REPO_ROOT / "tasks" / "synthetic")))
+    st = model.sample_stats[0]
+    assert st["doc_id"] == 0 and st["prompt_text"] == rec["prompt_text"]
+    assert st["frames"] == len(rec["frame_indices"]) and st["prefill_tokens"] == rec["tokens"]["llm_input"]
