@@ -8,7 +8,10 @@
 under `cache_dir`), `method`, `retention`, any hyperparameter of the method, `max_frames_num`,
 `fps` (VTG sampling; Qwen2.5-VL), `device`, `dtype`, `seed`, `max_pixels`/`min_pixels` (Qwen2.5-VL),
 `siglip_head` (LLaVA: SigLIP checkpoint whose MAP head gives `frame_features`),
-`attn_implementation`, `warmup` (un-timed passes on the first request; default 1 on CUDA, 0 on CPU).
+`attn_implementation`, `warmup` (un-timed passes on the first request; default 1 on CUDA, 0 on CPU),
+`prompt_model` (lmms-eval model name whose task prompts the model gets; default: the family's official
+run's, `OFFICIAL_LMMS_MODEL`; `none`: lmms-eval's defaults). Requests lmms-eval built under another model
+name (the plugin's registered `ottvid_*` name on the CLI) are re-resolved (runners/lmms_prompts.py).
 Every generated sample appends one dict to `sample_stats`.
 """
 from __future__ import annotations
@@ -55,7 +58,8 @@ class OttvidModel(lmms):
 
     def __init__(self, pretrained: str = "", method: str = "vanilla", device: str | None = None,
                  dtype: str | None = None, seed: int = 0, cache_dir: str = "cache", batch_size: int = 1,
-                 max_new_tokens: int | None = None, warmup: int | None = None, **kwargs: Any) -> None:
+                 max_new_tokens: int | None = None, warmup: int | None = None, prompt_model: str | None = "official",
+                 **kwargs: Any) -> None:
         super().__init__()
         import torch
 
@@ -89,6 +93,12 @@ class OttvidModel(lmms):
         w = parse_value(warmup)
         self.warmup = int(w) if w is not None else int(self.adapter.device.type == "cuda")
         self.sample_stats: list[dict] = []
+        from ottvid.backbones import OFFICIAL_LMMS_MODEL
+
+        pm = parse_value(prompt_model)
+        self.prompt_model = OFFICIAL_LMMS_MODEL[self.family] if pm == "official" else (
+            None if pm in (None, "", "none", "default") else str(pm))
+        self._prompt_views: dict = {}
         self._rank, self._world_size = 0, 1
 
     @property
@@ -105,6 +115,10 @@ class OttvidModel(lmms):
         import torch
         from tqdm import tqdm
 
+        from .lmms_prompts import official_request
+
+        for req in requests:  # tasks built under another model name get this model's prompts
+            req.arguments = official_request(req.args, self.task_dict, self.prompt_model, self._prompt_views)
         out = []
         if self.warmup and requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[0].args
