@@ -7,7 +7,8 @@
 `--model_args`: `pretrained` (path, hub id, or `tiny` to build/reuse the tiny offline backbone
 under `cache_dir`), `method`, `retention`, any hyperparameter of the method, `max_frames_num`,
 `fps` (VTG sampling; Qwen2.5-VL), `device`, `dtype`, `seed`, `max_pixels`/`min_pixels` (Qwen2.5-VL),
-`siglip_head` (LLaVA: SigLIP checkpoint whose MAP head gives `frame_features`),
+`siglip_head` (LLaVA: SigLIP checkpoint whose MAP head gives `frame_features`), `force_sample`,
+`time_instruction`, `video_fps` (LLaVA-Video's frame sampling and time instruction, docs/protocol.md),
 `attn_implementation`, `warmup` (un-timed passes on the first request; default 1 on CUDA, 0 on CPU),
 `prompt_model` (lmms-eval model name whose task prompts the model gets; default: the family's official
 run's, `OFFICIAL_LMMS_MODEL`; `none`: lmms-eval's defaults). Requests lmms-eval built under another model
@@ -25,7 +26,7 @@ from lmms_eval.api.model import lmms
 # keys that configure the adapter rather than the compressor
 _ADAPTER_KEYS = {"pretrained", "method", "device", "dtype", "seed", "max_frames_num", "fps", "max_pixels",
                  "min_pixels", "siglip_head", "attn_implementation", "cache_dir", "system_prompt", "batch_size",
-                 "vtg_max_frames", "max_new_tokens"}
+                 "vtg_max_frames", "max_new_tokens", "force_sample", "time_instruction", "video_fps"}
 
 
 def parse_value(v: Any) -> Any:
@@ -83,7 +84,8 @@ class OttvidModel(lmms):
         self.seed = int(parse_value(seed) or 0)
         torch.manual_seed(self.seed)
         overrides = {k: adapter_kw.get(k) for k in ("max_frames_num", "fps", "max_pixels", "min_pixels",
-                                                     "system_prompt", "vtg_max_frames", "siglip_head")}
+                                                     "system_prompt", "vtg_max_frames", "siglip_head",
+                                                     "force_sample", "time_instruction", "video_fps")}
         self.adapter = load_backbone(self.family, pretrained, method=method, device=parse_value(device),
                                      dtype=parse_value(dtype), overrides=overrides,
                                      attn_implementation=adapter_kw.get("attn_implementation"), **hparams)

@@ -216,3 +216,15 @@ def test_interrupted_conversion_leaves_nothing_to_load(tmp_path, monkeypatch):
     monkeypatch.setattr(llava_video, "convert", real)
     out = llava_video.ensure_converted(src, tmp_path / "conv")
     assert (out / "config.json").exists() and [p.name for p in (tmp_path / "conv").iterdir()] == [out.name]
+
+
+def test_llava_video_protocol_options(tmp_path):
+    """`force_sample=false` (the wrapper's 1 fps path) and `time_instruction=false` are backbone options."""
+    from runners.lmms_models import OttvidLlavaVideo
+
+    exp = FIX["llava_vid"]["v320x240_10fps_40s"]
+    m = OttvidLlavaVideo(pretrained="tiny", cache_dir=str(tmp_path), device="cpu", max_frames_num="64",
+                         force_sample="false", time_instruction="false")
+    frames = m.adapter.load(str(PROTO / "videos" / exp["video"]))
+    assert frames.indices == exp["force_sample_false"]["frame_indices"]
+    assert m.adapter.prompt(frames, QUESTIONS["vqa"]) == FIX["llava_onevision"]["v320x240_10fps_40s"]["prompt_vqa"]
