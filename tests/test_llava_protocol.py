@@ -228,3 +228,21 @@ def test_llava_video_protocol_options(tmp_path):
     frames = m.adapter.load(str(PROTO / "videos" / exp["video"]))
     assert frames.indices == exp["force_sample_false"]["frame_indices"]
     assert m.adapter.prompt(frames, QUESTIONS["vqa"]) == FIX["llava_onevision"]["v320x240_10fps_40s"]["prompt_vqa"]
+
+
+@pytest.mark.parametrize("video", ["v1280x720_30fps_10s", "v320x240_10fps_2s"])
+def test_llava_pixels_follow_llava_next_siglip_preprocessing(adapter, video):
+    """pixel_values_videos as LLaVA-NeXT's SigLIP processor computes them: per frame a PIL bicubic resize
+    to S x S (transformers.image_transforms.resize), rescale by 1/255, normalise with mean = std = 0.5."""
+    from transformers.image_transforms import normalize, rescale, resize
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+
+    ad = adapter("llava_onevision")
+    frames = ad.load(str(PROTO / "videos" / f"{video}.mp4"))
+    pv = ad.build_inputs(frames, QUESTIONS["vqa"])["pixel_values_videos"][0]
+    S = ad.processor.video_processor.size["height"]
+    first = ChannelDimension.FIRST
+    ref = np.stack([normalize(rescale(resize(f, (S, S), resample=PILImageResampling.BICUBIC, data_format=first),
+                                      1 / 255, data_format=first), [0.5] * 3, [0.5] * 3, data_format=first)
+                    for f in frames.pixels])
+    torch.testing.assert_close(pv, torch.from_numpy(ref), rtol=0, atol=0)

@@ -20,7 +20,8 @@ Positions: sequence order (1-D `arange`), newline tokens placed from the kept (t
 
 Input protocol = the official OTT-Vid wrappers (`lmms_eval_wrappers/llava_onevision.py`, `llava_vid.py`;
 docs/protocol.md): decord frames at `np.linspace(0, n - 1, F, dtype=int)` (LLaVA-Video: its `load_video`,
-64 frames force-sampled, or 1 fps up to F frames with `force_sample=False`), fp16 on CUDA, and the
+64 frames force-sampled, or 1 fps up to F frames with `force_sample=False`), LLaVA-NeXT's SigLIP
+preprocessing (PIL bicubic resize), fp16 on CUDA, and the
 prompt LLaVA-NeXT renders with the `qwen_1_5` conversation: `<image>\n` (LLaVA-NeXT's placeholder for
 the whole video, the processor's `<video>` token here) before the question, LLaVA-Video's time
 instruction between them.
@@ -140,8 +141,26 @@ class LlavaOnevisionAdapter(Adapter):
                              f"{IMAGE_PLACEHOLDER} placeholders")
         hf_text = text.replace(IMAGE_PLACEHOLDER, self.processor.video_token)
         inputs = self.processor(text=[hf_text], videos=[frames.pixels], return_tensors="pt")
+        pv = self.siglip_pixels(frames.pixels)
+        if pv.shape != inputs["pixel_values_videos"].shape[1:]:
+            raise ValueError(f"pixel_values_videos: SigLIP preprocessing gave {tuple(pv.shape)}, the processor "
+                             f"{tuple(inputs['pixel_values_videos'].shape[1:])}")
+        inputs["pixel_values_videos"] = pv[None]
         inputs["prompt"] = text
         return inputs.to(self.device)
+
+    def siglip_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> (T, 3, S, S) float32 as LLaVA-NeXT's `SigLipImageProcessor` makes them:
+        PIL bicubic resize to S x S, rescale, normalise (transformers' PIL SigLIP processor; the video
+        processor's torchvision resize differs by one uint8 level on ~0.1% of the pixels)."""
+        if getattr(self, "_siglip_pil", None) is None:
+            from transformers import SiglipImageProcessorPil
+
+            vp = self.processor.video_processor
+            self._siglip_pil = SiglipImageProcessorPil(
+                size={"height": vp.size["height"], "width": vp.size["width"]}, image_mean=list(vp.image_mean),
+                image_std=list(vp.image_std), rescale_factor=vp.rescale_factor)
+        return self._siglip_pil(images=list(pixels), return_tensors="pt")["pixel_values"]
 
     # ---------------------------------------------------------------- encoding
     def _layer_index(self) -> int:
