@@ -161,7 +161,9 @@ def _fake_hub(tmp_path) -> Path:
     """A Hugging Face cache holding a tiny original-layout `lmms-lab/LLaVA-Video-7B-Qwen2` snapshot."""
     sha = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--lmms-lab--LLaVA-Video-7B-Qwen2"
-    build_original_llava_video(repo / "snapshots" / sha)
+    snap = build_original_llava_video(repo / "snapshots" / sha)
+    gen = {"eos_token_id": 2, "repetition_penalty": 1.07, "max_new_tokens": 9}  # the hub's decoding defaults
+    (snap / "generation_config.json").write_text(json.dumps(gen))
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(sha)
     return tmp_path / "hub"
@@ -180,6 +182,7 @@ def test_llava_video_hub_id_converts_on_first_use(tmp_path, monkeypatch, adapter
     (out,) = [p for p in conv.iterdir()]
     assert out.name.startswith("LLaVA-Video-7B-Qwen2-") and ad.path == out
     assert ad.model.config.ottvid_llava_video["newline_position"] == "grid"
+    assert ad.model.generation_config.repetition_penalty == 1.07  # generation_config.json carried over
     # the same weights as the tiny build converted by hand
     ref = adapter("llava_vid")
     a, b = load_file(str(out / "model.safetensors")), load_file(str(ref.path / "model.safetensors"))

@@ -10,7 +10,7 @@ projector and a learned `image_newline`. That is architecturally the transformer
 
 (or nothing: `load_backbone("llava_video", "lmms-lab/LLaVA-Video-7B-Qwen2")` converts on first use into
 `converted_dir()`, atomically, and reuses the result) streams the shards with renamed keys (no model is instantiated), writes a `LlavaOnevisionConfig`
-with an `ottvid_llava_video` block, and a processor (the checkpoint's tokenizer plus `<image>` and
+with an `ottvid_llava_video` block, copies the checkpoint's `generation_config.json`, and a processor (the checkpoint's tokenizer plus `<image>` and
 `<video>` tokens, SigLIP 384 px image/video processors, the qwen_1_5 chat template).
 """
 from __future__ import annotations
@@ -197,11 +197,13 @@ def convert(src: str | Path, out: str | Path, image_size: int | None = None) -> 
     cfg.ottvid_llava_video = dict(LLAVA_VIDEO_BLOCK, source=str(src))
     cfg.architectures = ["LlavaOnevisionForConditionalGeneration"]
     cfg.save_pretrained(out)
+    if (src / "generation_config.json").exists():  # the checkpoint's decoding defaults travel with it
+        shutil.copyfile(src / "generation_config.json", out / "generation_config.json")
     _processor(tok, vis["image_size"], cfg.image_grid_pinpoints).save_pretrained(out)
     return out
 
 
-CONVERT_VERSION = "1"  # bump when `convert` changes: cached conversions of another version are redone
+CONVERT_VERSION = "2"  # bump when `convert` changes: cached conversions of another version are redone
 _DONE = ".ottvid_converted"
 
 
