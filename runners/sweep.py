@@ -34,7 +34,7 @@ import ottvid
 
 from .cell import Cell, CellError, cell_path, resolve_cell
 from . import store
-from .run import now as run_now, plain_config, run_cell
+from .run import plain_config, run_cell
 from .store import REPO_ROOT, is_done, resolve_dir
 
 CONFIG_DIR = str(REPO_ROOT / "configs")
@@ -230,8 +230,8 @@ def _log_shared_cells(base, cells: list[Cell], runs: Path, group: str) -> int:
         with store.Claim(path) as claim:
             if not claim.acquire():
                 continue
-            try:  # a fresh W&B run id (the logging time), so the cell's first run keeps its own group
-                info = log_cell(wcfg, group, {**rec, "started": run_now()}, str(Path(runs).parent / "wandb"))
+            try:  # log_cell draws a fresh W&B run id, so the cell's first run keeps its own group
+                info = log_cell(wcfg, group, rec, str(Path(runs).parent / "wandb"))
             except Exception as e:  # noqa: BLE001 - logging must not lose a result
                 info = {"error": f"{type(e).__name__}: {e}"}
             if info is None:  # W&B disabled

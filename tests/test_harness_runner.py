@@ -183,3 +183,49 @@ def test_demo_sweep_end_to_end_and_resume(tmp_path):
     r = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert "1 to run" in r.stdout, r.stdout[-2000:]
     assert all(f.stat().st_mtime_ns == mt[f] for f in files[1:]) and files[0].exists()
+
+
+def test_claim_survives_pid_reuse_and_the_empty_lock_window(tmp_path):
+    """A lock whose pid is alive but belongs to another process (pid reused after the holder died) is
+    stale; a lock that is still empty (another claimant between create and write) is not; a live
+    holder's lock is never taken, and releasing only removes one's own lock."""
+    p = tmp_path / "cell.json"
+    lock = p.with_suffix(".lock")
+    host = os.uname().nodename
+    # pid 1 is alive but started long before this holder did: the pid was reused
+    store.atomic_write_json(lock, {"pid": 1, "host": host, "time": 9e9, "start": 12345.0, "token": "old"})
+    c = store.Claim(p)
+    assert c.acquire(), "a claim whose pid now belongs to another process must be taken over"
+    assert json.loads(lock.read_text())["token"] == c.token
+    other = store.Claim(p)
+    assert not other.acquire()  # a live holder (this process) keeps it
+    other.release()
+    assert lock.exists()  # releasing a claim one does not hold removes nothing
+    c.release()
+    assert not lock.exists()
+    # the create-then-write window of another claimant: an empty lock just created is held
+    lock.write_text("")
+    assert not store.Claim(p).acquire() and lock.exists()
+    # ... but an empty lock left behind for longer than the grace period is stale
+    old = os.path.getmtime(lock) - 3600
+    os.utime(lock, (old, old))
+    d = store.Claim(p)
+    assert d.acquire()
+    d.release()
+    # the lock file appears with its content: no reader ever sees it empty
+    e = store.Claim(p)
+    assert e.acquire() and json.loads(lock.read_text())["pid"] == os.getpid()
+    e.release()
+    assert not list(tmp_path.glob(".*"))  # no private temporary files left behind
+
+
+def test_wandb_run_ids_never_collide_across_relogs(tmp_path, monkeypatch):
+    """Logging the same cell twice (a rerun, or into a second experiment's group, even within the same
+    second) gives two distinct W&B runs."""
+    from runners import wandb_log
+
+    _, cells, _ = plan(["experiment=demo", f"results_dir={tmp_path}"])
+    rec = _fake_run(cells[0][0], {"0": 100.0})
+    rec["started"] = "2025-01-01T00:00:00+00:00"
+    ids = [wandb_log.log_cell({"mode": "offline"}, g, rec, str(tmp_path / "wandb"))["id"] for g in ("a", "b", "a")]
+    assert len(set(ids)) == 3 and all(i.startswith(cells[0][0].key) for i in ids)
