@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import ottvid
@@ -229,3 +231,22 @@ def test_wandb_run_ids_never_collide_across_relogs(tmp_path, monkeypatch):
     rec["started"] = "2025-01-01T00:00:00+00:00"
     ids = [wandb_log.log_cell({"mode": "offline"}, g, rec, str(tmp_path / "wandb"))["id"] for g in ("a", "b", "a")]
     assert len(set(ids)) == 3 and all(i.startswith(cells[0][0].key) for i in ids)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("+method.gamma=0.5", r"method.gamma=0.5 changes nothing: hyperparameters are top-level keys; write gamma=0.5"),
+    ("+method.foo=1", r"method.foo=1 changes nothing.*'foo' is not a hyperparameter of 'ottvid'; choices: .*tau_b"),
+    ("+backbone.max_frames=16", r"backbone.max_frames changes nothing.*backbone.model_args.max_frames.*max_frames_num"),
+    ("+benchmark.tau_b=0.1", r"benchmark.tau_b changes nothing.*top-level key \(tau_b=...\)"),
+])
+def test_overrides_that_change_nothing_are_rejected_with_the_right_spelling(override, needle):
+    from runners.cell import resolve_cell
+
+    def cell(*ov):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+            return resolve_cell(compose("evaluate", overrides=["method=ottvid", *ov]))
+
+    with pytest.raises(CellError, match=needle):
+        cell(override)
+    assert cell("gamma=0.5").hparams["gamma"] == 0.5  # the right spelling does what was meant
