@@ -3,6 +3,7 @@ plus one slow end-to-end sweep on the tiny backbone."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -250,3 +251,33 @@ def test_overrides_that_change_nothing_are_rejected_with_the_right_spelling(over
     with pytest.raises(CellError, match=needle):
         cell(override)
     assert cell("gamma=0.5").hparams["gamma"] == 0.5  # the right spelling does what was meant
+
+
+def test_failed_and_incomplete_cells_show_as_such_and_stay_out_unless_opted_in(tmp_path):
+    args = ["experiment=demo", f"results_dir={tmp_path}"]
+    _, cells, _ = plan(args)
+    for cell, _, _ in cells:
+        sc = {str(i): float(100 * (i % 2)) for i in range(8)}
+        rec = _fake_run(cell, sc)
+        if cell.method == "ottvid" and cell.retention == 0.1:
+            if cell.benchmark["name"] == "synth_mvbench":
+                rec.update(status="incomplete", n_failed=1, n_samples=8)
+            elif cell.benchmark["name"] == "synth_videomme":
+                rec = {"cell": cell.as_dict(), "status": "failed", "error": "RuntimeError: boom"}
+        store.atomic_write_json(tmp_path / cell.filename(), rec)
+    md, df, _ = aggregate.render(aggregate.build(args))
+    line = next(x for x in md.splitlines() if x.startswith("| ottvid | 10% |"))
+    assert "incomplete (1/8 failed)" in line and "| failed |" in line
+    row = df[(df.method == "ottvid") & (df.retention == 0.1)].iloc[0]
+    assert math.isnan(row["mvbench"]) and math.isnan(row["vqa_avg"])
+    md, df, _ = aggregate.render(aggregate.build(args + ["include_incomplete=true"]))
+    line = next(x for x in md.splitlines() if x.startswith("| ottvid | 10% |"))
+    assert "50.0" in line and "‡incomplete (1/8 failed)" in line and "| failed |" in line
+    assert df[(df.method == "ottvid") & (df.retention == 0.1)].iloc[0]["mvbench"] == pytest.approx(50.0)
+
+
+def test_two_benchmarks_in_one_column_is_an_error(tmp_path):
+    args = ["experiment=demo", f"results_dir={tmp_path}",
+            "grid=[{backbone:[tiny_qwen2_5_vl],method:[vanilla],benchmark:[synth_mvbench,mvbench]}]"]
+    with pytest.raises(CellError, match=r"\['mvbench', 'synth_mvbench'\] both fill column 'mvbench'"):
+        aggregate.build(args)
