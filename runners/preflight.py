@@ -87,12 +87,18 @@ def _rows_missing(repo: str, name: str | None, split: str | None) -> str | None:
     """Why datasets' offline loader (the Arrow-cache builder it falls back to) cannot load this, or None."""
     from datasets.packaged_modules.cache.cache import Cache
 
+    import datasets
+
     root = datasets_cache()
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()  # not its "Found the latest cached dataset configuration" per subtask
     try:
         b = Cache(cache_dir=str(root), repo_id=repo, dataset_name=repo.split("/")[-1], config_name=name,
                   version="auto", hash="auto")
     except (ValueError, FileNotFoundError, OSError) as e:
         return f"no Arrow cache of {repo}{f' config {name!r}' if name else ''} under {root} ({str(e).splitlines()[0]})"
+    finally:
+        datasets.logging.set_verbosity(level)
     splits = list(b.info.splits or {})
     if split and splits and split not in splits:
         return f"the Arrow cache of {repo}{f' config {name!r}' if name else ''} has splits {splits}, not {split!r}"
