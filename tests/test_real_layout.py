@@ -167,3 +167,34 @@ def test_sweep_with_missing_and_broken_videos_finishes_everything_else(home, tmp
     md, _, _ = aggregate.render(aggregate.build(args))
     line = next(x for x in md.splitlines() if x.startswith("| ottvid | 10% |"))
     assert line.count("incomplete (1/2 failed)") == 3
+
+
+def test_empty_cache_fails_the_sweep_and_evaluate_before_any_model(tmp_path):
+    """Every missing benchmark of a sweep is reported at once, before any model loads (exit 2); a single
+    cell whose data is missing is stored as failed and `runners.evaluate` exits non-zero."""
+    env = _env(tmp_path / "empty")
+    grid = "grid=[{backbone:[tiny_qwen2_5_vl],method:[vanilla],benchmark:[mvbench,videomme,mlvu]}]"
+    r = subprocess.run([sys.executable, "-m", "runners.sweep", "experiment=table1", grid, f"results_dir={tmp_path / 'r'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    assert "3 benchmark(s)" in r.stderr and "OpenGVLab/MVBench" in r.stderr and "sy1998/MLVU_dev" in r.stderr
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("*.json"))
+    assert not (REPO / "cache" / "tiny").exists() or "build_tiny" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "runners.evaluate", "backbone=tiny_qwen2_5_vl", "method=vanilla",
+                        "benchmark=videomme", f"results_dir={tmp_path / 'r'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, (r.stdout + r.stderr)[-3000:]
+    (f,) = (tmp_path / "r").glob("*.json")
+    rec = json.loads(f.read_text())
+    assert rec["status"] == "failed" and "DatasetsMissing" in rec["error"] and "lmms-eval/Video-MME" in rec["error"]
+
+
+def test_unset_hf_home_gets_huggingface_hubs_default():
+    """MLVU's utils would read videos from the relative `./~/.cache/huggingface` without it."""
+    env = {k: v for k, v in _env(REPO).items() if k != "HF_HOME"}
+    code = ("from runners import lmms_glue; lmms_glue.task_manager(False); import os; "
+            "from lmms_eval.tasks.mlvu import utils; print(utils.base_cache_dir); print(os.environ['HF_HOME'])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    mlvu_dir, hf_home = r.stdout.split()[-2:]
+    assert os.path.isabs(mlvu_dir) and mlvu_dir == hf_home == os.path.expanduser("~/.cache/huggingface")
