@@ -19,9 +19,12 @@ def keep_per_frame(N: int, r_s: float) -> int:
     return min(N, max(1, int(N * r_s)))
 
 
-def cosine_similarity(x: torch.Tensor) -> torch.Tensor:
-    """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products)."""
-    xn = F.normalize(x.float(), p=2, dim=-1)
+def cosine_similarity(x: torch.Tensor, normalized: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products).
+
+    `normalized` may pass F.normalize(x.float()) when the caller already has it.
+    """
+    xn = F.normalize(x.float(), p=2, dim=-1) if normalized is None else normalized
     return torch.bmm(xn, xn.transpose(1, 2))
 
 
