@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .contract import CompressedTokens, VideoTokens
 from .registry import Compressor, check_choice, check_int, check_range, check_retention, register
@@ -65,7 +66,9 @@ class OTTVid(Compressor):
 
         # 1. Spatial stage (Eq. 1): K tokens per frame, raster order.
         K = spatial.keep_per_frame(N, p.r_s)
-        sim = spatial.cosine_similarity(x) if p.spatial in ("coverage", "scope", "divprune") else None
+        # unit-norm tokens, shared by the similarity and (float32 input) the co-located cosine of alpha_t
+        xn = F.normalize(x.float(), p=2, dim=-1) if p.spatial in ("coverage", "scope", "divprune") else None
+        sim = spatial.cosine_similarity(x, normalized=xn) if xn is not None else None
         if K >= N:
             sel = torch.arange(N, device=dev).expand(T, N)
         else:
@@ -84,7 +87,8 @@ class OTTVid(Compressor):
         tau_m = math.inf if p.mass == "uniform" else p.tau_m
         w = spatial.normalized_saliency(video.saliency)
         m = mass.mass_for(p.spatial, sim=sim, saliency=video.saliency, sel=sel, kept=kept, w=w, tau_m=tau_m)
-        alpha_t = transport.pair_alpha(x, video.grid_hw, p.alpha)
+        alpha_t = transport.pair_alpha(x, video.grid_hw, p.alpha, normalized=xn if x.dtype == torch.float32 else None)
+        del xn
         pos = transport.grid_coords(H, W, dev)[sel]
         C = transport.pair_cost(kept, pos, alpha_t)
         plan = transport.sinkhorn(m[:-1], m[1:], C, p.sinkhorn_eps, p.sinkhorn_iters)

@@ -19,9 +19,12 @@ def keep_per_frame(N: int, r_s: float) -> int:
     return min(N, max(1, int(N * r_s)))
 
 
-def cosine_similarity(x: torch.Tensor) -> torch.Tensor:
-    """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products)."""
-    xn = F.normalize(x.float(), p=2, dim=-1)
+def cosine_similarity(x: torch.Tensor, normalized: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products).
+
+    `normalized` may pass F.normalize(x.float()) when the caller already has it.
+    """
+    xn = F.normalize(x.float(), p=2, dim=-1) if normalized is None else normalized
     return torch.bmm(xn, xn.transpose(1, 2))
 
 
@@ -31,31 +34,79 @@ def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
     return w / (w.sum(dim=-1, keepdim=True) + 1e-8)
 
 
-def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered") -> torch.Tensor:
+def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: torch.Tensor | None,
+                   frames: torch.Tensor | None = None, cand: torch.Tensor | None = None,
+                   sim_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i).
+
+    All (T, N) candidates when `cand` is None, else only the (F, m) candidates `cand` of the frames
+    `frames`, whose columns are read as rows of `sim_t` (sim transposed, contiguous). Both forms
+    are one `bmm` of the clamped (., N, m) columns, transposed, with c (cover weights), so a
+    column's gain has the same bits whichever subset it is evaluated in (checked in the tests).
+    """
+    if cand is None:
+        cols, mu_f, c, wj = sim, mu, cover_w, cand_w
+    else:
+        F_, m = cand.shape
+        N = sim.shape[1]
+        rows = (frames.view(-1, 1) * N + cand).reshape(-1)
+        cols = sim_t.reshape(-1, N).index_select(0, rows).view(F_, m, N).transpose(1, 2).contiguous()
+        mu_f, c = mu.index_select(0, frames), cover_w.index_select(0, frames)
+        wj = None if cand_w is None else torch.gather(cand_w.index_select(0, frames), 1, cand)
+    diff = (cols - mu_f.unsqueeze(2)).clamp_min(0)
+    gain = torch.bmm(diff.transpose(1, 2), c.unsqueeze(2)).squeeze(2)
+    return gain if wj is None else wj * gain
+
+
+def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
+                    probe: int = 8) -> torch.Tensor:
     """Greedy saliency-weighted coverage (Eq. 1), batched over frames.
 
     weight="covered" (OTT-Vid): gain(j) = sum_i w_i max(0, sim_ij - mu_i).
     weight="candidate" (SCOPE): gain(j) = w_j * sum_i (1/N) max(0, sim_ij - mu_i).
     mu starts at 0; ties go to the lowest index.
+
+    Lazy greedy: covers mu only grow, so a gain computed at an earlier step bounds the gain
+    now from above. Each step re-evaluates, per frame, only the candidates whose stale bound
+    could still reach the best fresh gain (the top `probe`, doubling until settled); a zero
+    bound is exact. The pick equals the full re-evaluation's argmax (lowest index on ties),
+    since every fresh gain is computed as in the full step (`coverage_gains`).
     """
     T, N, _ = sim.shape
     K = min(K, N)
     mu = sim.new_zeros(T, N)
-    chosen = torch.zeros(T, N, dtype=torch.bool, device=sim.device)
-    picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
     cover_w = w if weight == "covered" else torch.full_like(w, 1.0 / N)
-    neg_inf = sim.new_tensor(float("-inf"))
+    cand_w = w if weight == "candidate" else None
+    picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
+    neg_inf = float("-inf")
+    bound = coverage_gains(sim, mu, cover_w, cand_w)          # step 0: every gain, fresh
+    sim_t = sim.transpose(1, 2).contiguous()                  # column j of frame t = row t*N + j
+    frame_rows = torch.arange(T, device=sim.device) * N
+    fresh = torch.ones(T, N, dtype=torch.bool, device=sim.device)
     for k in range(K):
-        diff = (sim - mu.unsqueeze(2)).clamp_min(0)
-        gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
-        if weight == "candidate":
-            gain = w * gain
-        gain = torch.where(chosen, neg_inf, gain)
-        best = gain.argmax(dim=1)
+        if k > 0:
+            fresh = bound <= 0                                # 0 <= gain <= bound; picked are -inf
+            m = probe
+            while True:
+                best_fresh = bound.masked_fill(~fresh, neg_inf).amax(dim=1)
+                stale = bound.masked_fill(fresh, neg_inf)
+                # settled once no stale bound comes within a relative 1e-6 of the best fresh gain
+                todo = stale.amax(dim=1) >= best_fresh - 1e-6 * best_fresh.abs()
+                if not bool(todo.any()):
+                    break
+                frames = todo.nonzero().squeeze(1)
+                vals, cand = stale.index_select(0, frames).topk(min(m, N), dim=1)
+                g = coverage_gains(sim, mu, cover_w, cand_w, frames, cand, sim_t)
+                live = vals > neg_inf
+                f2 = frames.unsqueeze(1).expand_as(cand)[live]
+                c2 = cand[live]
+                bound[f2, c2] = g[live]
+                fresh[f2, c2] = True
+                m *= 2
+        best = bound.masked_fill(~fresh, neg_inf).argmax(dim=1)
         picks[:, k] = best
-        chosen.scatter_(1, best.unsqueeze(1), True)
-        col = torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
-        mu = torch.maximum(mu, col)
+        bound.scatter_(1, best.unsqueeze(1), neg_inf)
+        mu = torch.maximum(mu, sim_t.reshape(T * N, N).index_select(0, frame_rows + best))
     return picks.sort(dim=1).values
 
 

@@ -16,12 +16,14 @@ def grid_coords(H: int, W: int, device: torch.device) -> torch.Tensor:
     return torch.stack([gy.flatten(), gx.flatten()], dim=-1)
 
 
-def pair_alpha(features: torch.Tensor, grid_hw: tuple[int, int], alpha: str | float) -> torch.Tensor:
+def pair_alpha(features: torch.Tensor, grid_hw: tuple[int, int], alpha: str | float,
+               normalized: torch.Tensor | None = None) -> torch.Tensor:
     """alpha_t = 1 - clamp(s_t, 0, 1) / 2 (Sec. 3.3), s_t from the pre-pruning frames t, t+1.
 
     position: mean cosine of co-located tokens (default); kernel: the same after 3x3
     average pooling without padding; global: cosine of the frame-mean tokens (Table A6).
-    A number fixes alpha_t. Computed in the input dtype, as the official code does.
+    A number fixes alpha_t. Computed in the input dtype, as the official code does;
+    `normalized` may pass F.normalize(features) when the caller already has it (position).
     """
     T, N, D = features.shape
     if not isinstance(alpha, str):
@@ -36,9 +38,22 @@ def pair_alpha(features: torch.Tensor, grid_hw: tuple[int, int], alpha: str | fl
         x = x.mean(dim=1, keepdim=True)
     elif alpha != "position":
         raise ValueError(f"alpha: must be one of {list(ALPHA_MODES)} or a number, got {alpha!r}")
-    xn = F.normalize(x, dim=-1)
-    s = (xn[:-1] * xn[1:]).sum(-1).mean(-1)
+    xn = normalized if (alpha == "position" and normalized is not None) else F.normalize(x, dim=-1)
+    s = _adjacent_dot(xn).mean(-1)
     return (0.5 + 0.5 * (1.0 - s).clamp(0.0, 1.0)).float()
+
+
+def _adjacent_dot(xn: torch.Tensor, chunk_elems: int = 1 << 21) -> torch.Tensor:
+    """(xn[:-1] * xn[1:]).sum(-1), (T-1, n), a few frames at a time (same bits, cache-sized buffer)."""
+    T, n, D = xn.shape
+    out = xn.new_empty(T - 1, n)
+    step = max(1, chunk_elems // max(1, n * D))
+    buf = xn.new_empty(min(step, max(T - 1, 1)), n, D)
+    for i in range(0, T - 1, step):
+        j = min(T - 1, i + step)
+        prod = torch.mul(xn[i:j], xn[i + 1:j + 1], out=buf[:j - i])
+        torch.sum(prod, dim=-1, out=out[i:j])
+    return out
 
 
 def pair_cost(feat: torch.Tensor, pos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -57,7 +72,9 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
     """Eq. 6: entropic OT plans for a batch of problems, (P, K) x (P, K) x (P, K, K) -> (P, K, K).
 
     Marginals are the masses normalised to 1. Exactly `iters` iterations, columns then
-    rows, so row marginals are exact. Log domain for eps < 0.05 (official switch).
+    rows, so row marginals are exact. Log domain for eps < 0.05 (official switch); each
+    log-sum-exp is `_logsumexp_into`, the same operations as `torch.logsumexp` (same bits)
+    on two (P, K, K) buffers reused across iterations instead of fresh allocations.
     """
     a = m_a / m_a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     b = m_b / m_b.sum(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -65,9 +82,12 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
         log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
         log_K = -C / eps
         log_u, log_v = torch.zeros_like(log_a), torch.zeros_like(log_b)
+        buf = torch.empty_like(log_K)
         for _ in range(iters):
-            log_v = log_b - torch.logsumexp(log_K + log_u.unsqueeze(-1), dim=-2)
-            log_u = log_a - torch.logsumexp(log_K + log_v.unsqueeze(-2), dim=-1)
+            torch.add(log_K, log_u.unsqueeze(-1), out=buf)
+            log_v = log_b - _logsumexp_into(buf, -2)
+            torch.add(log_K, log_v.unsqueeze(-2), out=buf)
+            log_u = log_a - _logsumexp_into(buf, -1)
         return (log_u.unsqueeze(-1) + log_K + log_v.unsqueeze(-2)).exp()
     K_mat = torch.exp(-C / eps)
     u = torch.ones_like(a)
@@ -75,6 +95,14 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
         v = b / torch.bmm(K_mat.transpose(1, 2), u.unsqueeze(2)).squeeze(2).clamp_min(1e-12)
         u = a / torch.bmm(K_mat, v.unsqueeze(2)).squeeze(2).clamp_min(1e-12)
     return u.unsqueeze(2) * K_mat * v.unsqueeze(1)
+
+
+def _logsumexp_into(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch.logsumexp(z, dim) computed as torch does it (max shift, inf-safe), overwriting z."""
+    mx = z.amax(dim=dim, keepdim=True)
+    mx.masked_fill_(mx.abs() == math.inf, 0.0)
+    z.sub_(mx).exp_()
+    return z.sum(dim=dim).log_().add_(mx.squeeze(dim))
 
 
 def transport_difficulty(plan: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
