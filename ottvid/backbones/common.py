@@ -151,6 +151,15 @@ class Prepared:
     input_ids: torch.Tensor | None = None
 
 
+@dataclass
+class Encoded:
+    """One sample decoded and through the vision tower: what every compression setting of it shares."""
+
+    frames: Frames
+    inputs: dict                     # the processor's outputs (prompt ids, pixels, grid) for this sample
+    video: VideoTokens
+
+
 class Adapter:
     """Base class: a transformers video LLM plus a compressor, run sample by sample (batch size 1)."""
 
@@ -163,6 +172,8 @@ class Adapter:
         self.tokenizer = processor.tokenizer
         self.path = path
         self.defaults = dict(defaults or {})
+        # decodes and vision passes run so far (a shared sweep asserts one of each per sample)
+        self.counts = {"decode": 0, "vision": 0}
         self.set_method(method, **(hparams or {}))
 
     def set_method(self, method: str, **hparams) -> None:
@@ -206,20 +217,34 @@ class Adapter:
         return out
 
     @torch.no_grad()
-    def prepare(self, video_path: str, question: str, timer: Timer | None = None) -> Prepared:
-        """load -> build_inputs -> encode -> compress -> splice for one sample."""
+    def encode_sample(self, video_path: str, question: str, timer: Timer | None = None) -> Encoded:
+        """load -> build_inputs -> encode: the part of a sample every compression setting shares."""
         timer = timer or Timer(self.device)
         frames = self.load(video_path)
         inputs = self.build_inputs(frames, question)
         with timer("vision"):
             video = self.encode(inputs, frames)
+        self.counts["decode"] += 1
+        self.counts["vision"] += 1
+        return Encoded(frames=frames, inputs=inputs, video=video)
+
+    @torch.no_grad()
+    def prepare_encoded(self, enc: Encoded, timer: Timer | None = None) -> Prepared:
+        """compress -> splice an encoded sample with the current method."""
+        timer = timer or Timer(self.device)
         with timer("compress"):
-            out = self.compress(video)
+            out = self.compress(enc.video)
         with timer("splice"):
-            prep = self.splice(inputs, video, out)
-        prep.extras.setdefault("prompt", inputs.get("prompt"))
-        prep.extras.setdefault("frame_indices", list(frames.indices))
+            prep = self.splice(enc.inputs, enc.video, out)
+        prep.extras.setdefault("prompt", enc.inputs.get("prompt"))
+        prep.extras.setdefault("frame_indices", list(enc.frames.indices))
         return prep
+
+    @torch.no_grad()
+    def prepare(self, video_path: str, question: str, timer: Timer | None = None) -> Prepared:
+        """load -> build_inputs -> encode -> compress -> splice for one sample."""
+        timer = timer or Timer(self.device)
+        return self.prepare_encoded(self.encode_sample(video_path, question, timer), timer)
 
     @torch.no_grad()
     def prefill(self, prep: Prepared, cache=None):
