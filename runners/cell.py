@@ -22,7 +22,7 @@ from .lmms_prompts import prompt_model
 
 # Top-level config keys that are not method hyperparameters.
 BASE_KEYS = {"retention", "seed", "limit", "batch_size", "force", "dry_run", "results_dir", "experiment_name",
-             "progress", "wandb", "backbone", "method", "benchmark", "grid", "launcher", "fail_fast", "hydra",
+             "progress", "share_encoding", "wandb", "backbone", "method", "benchmark", "grid", "launcher", "fail_fast", "hydra",
              "tables_dir"}
 
 
@@ -47,6 +47,9 @@ class Cell:
     batch_size: int = 1
     experiment: str = "adhoc"
     model_args_extra: dict = field(default_factory=dict)
+    # False: every stage of every sample is measured in this cell alone (Table 4's latencies), so the
+    # cell never reuses a result computed with shared encoding (its identity says so)
+    share_encoding: bool = True
 
     # -- identity -------------------------------------------------------------------------
     def identity(self) -> dict:
@@ -61,6 +64,7 @@ class Cell:
             "model_args_extra": {k: _canon(v) for k, v in sorted(self.model_args_extra.items())},
             "seed": self.seed,
             "limit": self.limit,
+            **({} if self.share_encoding else {"timing": "per_cell"}),
         }
 
     @property
@@ -169,7 +173,8 @@ def resolve_cell(cfg: DictConfig) -> Cell:
         raise CellError(f"limit: must be a positive integer or null, got {limit!r}")
     return Cell(backbone=bk, method=method, hparams=resolved, benchmark=bm, seed=int(c.get("seed", 0)),
                 limit=limit, batch_size=int(c.get("batch_size", 1)), experiment=str(c.get("experiment_name", "adhoc")),
-                model_args_extra={**(bk.get("model_args") or {}), **(bm.get("model_args") or {})})
+                model_args_extra={**(bk.get("model_args") or {}), **(bm.get("model_args") or {})},
+                share_encoding=bool(c.get("share_encoding", True)))
 
 
 def _reject_no_ops(c: dict, method: str, hp_names: list[str]) -> None:

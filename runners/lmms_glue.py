@@ -58,20 +58,29 @@ def pretrained_path(cell: Cell) -> str:
 
 
 def load_model(cell: Cell):
-    """The lmms-eval plugin instance for this cell's (backbone, method, hyperparameters)."""
+    """The lmms-eval plugin instance for this cell. The checkpoint is loaded once per load setting
+    (checkpoint, device, dtype, protocol); a new method or hyperparameters only switch the compressor."""
     from lmms_eval.models import get_model
 
+    from .lmms_models import split_model_args
+
     args = cell.model_args(pretrained_path(cell))
-    key = repr(sorted(args.items()))
+    method, hparams = split_model_args(args)
+    load_args = {k: v for k, v in args.items() if k != "method" and k not in hparams}
+    key = repr(sorted(load_args.items()))
     if key not in _MODELS:
         _MODELS.clear()  # keep one model resident
         cls = get_model(cell.backbone["model"])
         _MODELS[key] = cls(**args, batch_size=cell.batch_size)
-    return _MODELS[key]
+    lm = _MODELS[key]
+    lm.configure(method, **hparams)
+    return lm
 
 
-def evaluate(cell: Cell) -> dict:
-    """Run lmms-eval on the cell's task; return metrics, per-sample scores and stats."""
+def evaluate(cell: Cell, lm=None) -> dict | None:
+    """Run lmms-eval on the cell's task; return metrics, per-sample scores and stats (None on a
+    data-parallel rank other than 0, which only answers its share of the samples). `lm`: the model to
+    drive (default: the plugin for this cell; a shared sweep passes its `CellView`)."""
     from lmms_eval.evaluator import simple_evaluate
 
     global _SHARDS_READY
@@ -83,7 +92,7 @@ def evaluate(cell: Cell) -> dict:
     tm = task_manager(bool(cell.benchmark.get("include_defaults", True)), prompt_model(cell.backbone))
     preflight.check({cell.benchmark["name"]: cell.benchmark["task"]}, tm)
     t0 = time.time()
-    lm = load_model(cell)
+    lm = lm if lm is not None else load_model(cell)
     t_load = time.time() - t0
     stats = getattr(lm, "sample_stats", None)
     n_before = len(stats) if isinstance(stats, list) else 0
@@ -96,8 +105,20 @@ def evaluate(cell: Cell) -> dict:
                           torch_random_seed=1234 + cell.seed, fewshot_random_seed=1234 + cell.seed,
                           verbosity="WARNING")
     t_eval = time.time() - t1
+    from . import dist
+
+    # data parallel: every rank answered its share; rank 0 scores and keeps every rank's records
+    mine = (list(stats[n_before:]) if isinstance(stats, list) else [],
+            list(fails[f_before:]) if isinstance(fails, list) else [])
+    parts = dist.gather(mine)
+    if not dist.is_main():
+        return None
     if res is None:
-        raise RuntimeError("lmms-eval returned no results (non-zero rank?)")
+        raise RuntimeError("lmms-eval returned no results")
+    order = lambda r: (str(r.get("task")), str(r.get("doc_id")).zfill(12))  # noqa: E731 - rank-independent order
+    stats = sorted((r for p in parts for r in p[0]), key=order)
+    fails = sorted((f for p in parts for f in p[1]), key=order)
+    n_before = f_before = 0
     metric = cell.benchmark["metric"]
     results = res.get("results", {})
     samples = res.get("samples", {})

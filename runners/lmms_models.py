@@ -24,6 +24,7 @@ undecodable video, a task util calling `sys.exit`) answers `FAILED_RESPONSE` and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from lmms_eval.api.instance import Instance
@@ -36,6 +37,17 @@ FAILED_RESPONSE = ""
 _ADAPTER_KEYS = {"pretrained", "method", "device", "dtype", "seed", "max_frames_num", "fps", "max_pixels",
                  "min_pixels", "siglip_head", "attn_implementation", "cache_dir", "system_prompt", "batch_size",
                  "vtg_max_frames", "max_new_tokens", "time_scale", "force_sample", "time_instruction", "video_fps"}
+
+
+# keyword arguments of OttvidModel itself (neither adapter settings nor method hyperparameters)
+_INIT_KEYS = {"pretrained", "method", "device", "dtype", "seed", "cache_dir", "batch_size", "max_new_tokens",
+              "warmup", "prompt_model"}
+
+
+def split_model_args(args: dict) -> tuple[str, dict]:
+    """(method, hyperparameters) of a plugin `model_args` dict: what `configure` switches without reloading.
+    Everything else (checkpoint, device, protocol settings) is what loading the model depends on."""
+    return args.get("method", "vanilla"), {k: v for k, v in args.items() if k not in _ADAPTER_KEYS | _INIT_KEYS}
 
 
 def parse_value(v: Any) -> Any:
@@ -58,6 +70,31 @@ def parse_value(v: Any) -> Any:
         return float(s)
     except ValueError:
         return s
+
+
+@dataclass
+class SampleRequest:
+    """One lmms-eval request as the adapters take it."""
+
+    doc_id: Any
+    task: str
+    video: str
+    question: Any
+    until: list[str]
+    max_new_tokens: int
+
+
+def rank_device(device: str | None) -> str | None:
+    """Under a data-parallel launch (torchrun / accelerate: LOCAL_RANK set), `cuda` means this rank's GPU."""
+    import os
+
+    if device == "cuda" and "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def failure_record(doc_id: Any, task: str, sr: SampleRequest | None, e: BaseException) -> dict:
+    return {"doc_id": doc_id, "task": task, "path": sr.video if sr else None, "error": f"{type(e).__name__}: {e}"}
 
 
 def model_context(context):
@@ -100,7 +137,7 @@ class OttvidModel(lmms):
         overrides = {k: adapter_kw.get(k) for k in ("max_frames_num", "fps", "max_pixels", "min_pixels",
                                                      "system_prompt", "vtg_max_frames", "siglip_head",
                                                      "time_scale", "force_sample", "time_instruction", "video_fps")}
-        self.adapter = load_backbone(self.family, pretrained, method=method, device=parse_value(device),
+        self.adapter = load_backbone(self.family, pretrained, method=method, device=rank_device(parse_value(device)),
                                      dtype=parse_value(dtype), overrides=overrides,
                                      attn_implementation=adapter_kw.get("attn_implementation"), **hparams)
         self.max_new_tokens = parse_value(max_new_tokens)
@@ -117,6 +154,16 @@ class OttvidModel(lmms):
         self._prompt_views: dict = {}
         self.sample_failures: list[dict] = []  # {doc_id, task, path, error} of each sample that failed
         self._rank, self._world_size = 0, 1
+        self.quiet = False  # no per-cell progress bar (a shared sweep draws one per group)
+
+    def clean(self) -> None:
+        """lmms-eval calls this after every evaluation. The runners keep the model resident for the next
+        cell, so unlike the base class it frees no modules and skips the full `gc.collect` (about a
+        second per cell on a large heap); only the CUDA allocator's cache is released."""
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @property
     def tokenizer(self):
@@ -128,8 +175,31 @@ class OttvidModel(lmms):
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("ottvid models answer single-round generate_until tasks only")
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
+    def configure(self, method: str, **hparams: Any) -> None:
+        """Switch the compressor without reloading the checkpoint (a sweep's next method config)."""
+        self.adapter.set_method(parse_value(method), **{k: parse_value(v) for k, v in hparams.items()})
+
+    def sample_request(self, req: Instance) -> SampleRequest:
+        """What one lmms-eval request asks of the model (raises on a doc with no single video)."""
+        context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+        videos = [v for v in (visuals or []) if isinstance(v, str)]
+        if len(videos) != 1:
+            raise ValueError(f"doc {doc_id} of {task}: expected exactly one video path, got {visuals!r}")
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else [u for u in until if u != "\n\n"]
+        return SampleRequest(doc_id=doc_id, task=task, video=videos[0], question=model_context(context),
+                             until=until, max_new_tokens=int(self.max_new_tokens or gen_kwargs.get("max_new_tokens")
+                                                             or 128))
+
+    def answer(self, sr: SampleRequest) -> tuple[str, dict]:
+        """One sample end to end with the current compressor (the per-cell path)."""
         import torch
+
+        torch.manual_seed(self.seed)  # methods that draw tie-breaking noise are reproducible per sample
+        return self.adapter.generate(sr.video, sr.question, max_new_tokens=sr.max_new_tokens, until=sr.until)
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
         from tqdm import tqdm
 
         from .lmms_prompts import official_request
@@ -139,31 +209,20 @@ class OttvidModel(lmms):
         out = []
         if self.warmup and requests:
             try:  # a first sample that fails is recorded below, with the others
-                context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[0].args
-                videos = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if isinstance(v, str)]
-                q = model_context(context)
-                for _ in range(self.warmup if len(videos) == 1 else 0):
-                    self.adapter.generate(videos[0], q, max_new_tokens=1)
+                sr = self.sample_request(requests[0])
+                for _ in range(self.warmup):
+                    self.adapter.generate(sr.video, sr.question, max_new_tokens=1)
             except (Exception, SystemExit):  # noqa: BLE001
                 pass
             self.warmup = 0
-        for req in tqdm(requests, desc=f"{self.family}:{self.adapter.method}", disable=self.rank != 0):
+        for req in tqdm(requests, desc=f"{self.family}:{self.adapter.method}", disable=self.rank != 0 or self.quiet):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
-            videos = []
+            sr = None
             try:  # one bad sample (missing or undecodable video, a task util's sys.exit) must not end the cell
-                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-                videos = [v for v in (visuals or []) if isinstance(v, str)]
-                if len(videos) != 1:
-                    raise ValueError(f"doc {doc_id} of {task}: expected exactly one video path, got {visuals!r}")
-                until = gen_kwargs.get("until") or []
-                until = [until] if isinstance(until, str) else [u for u in until if u != "\n\n"]
-                max_new = int(self.max_new_tokens or gen_kwargs.get("max_new_tokens") or 128)
-                torch.manual_seed(self.seed)  # methods that draw tie-breaking noise are reproducible per sample
-                question = model_context(context)
-                text, stats = self.adapter.generate(videos[0], question, max_new_tokens=max_new, until=until)
+                sr = self.sample_request(req)
+                text, stats = self.answer(sr)
             except (Exception, SystemExit) as e:  # noqa: BLE001 - recorded; lmms-eval scores the sample as unanswered
-                self.sample_failures.append({"doc_id": doc_id, "task": task, "path": videos[0] if videos else None,
-                                             "error": f"{type(e).__name__}: {e}"})
+                self.sample_failures.append(failure_record(doc_id, task, sr, e))
                 out.append(FAILED_RESPONSE)
                 continue
             stats.pop("generated_ids", None)

@@ -23,25 +23,40 @@ def now() -> str:
 
 
 def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict | None = None,
-             wandb_group: str | None = None, config: dict | None = None) -> tuple[str, dict | None]:
-    """Returns (outcome, record): outcome in done | incomplete | failed | skipped | busy."""
+             wandb_group: str | None = None, config: dict | None = None, lm=None,
+             claim: store.Claim | None = None) -> tuple[str, dict | None]:
+    """Returns (outcome, record): outcome in done | incomplete | failed | skipped | busy (| worker on a
+    data-parallel rank other than 0, which answers its share of the samples; rank 0 claims and writes).
+    `lm`: the model lmms-eval drives (default: the plugin for this cell; a shared sweep passes a view);
+    `claim`: a claim on the cell already held by the caller (a shared sweep claims its group up front)."""
+    from . import dist
+
     path = cell_path(cell, runs_dir)
-    if not force and store.is_done(path):
-        return "skipped", store.read(path)
-    claim = store.Claim(path)
-    if not claim.acquire():
-        return "busy", None
+    given = claim is not None
+    claim = claim or store.Claim(path)
+    outcome = None
+    if dist.is_main() and not given:
+        if not force and store.is_done(path):
+            outcome = "skipped"
+        elif not claim.acquire():
+            outcome = "busy"
+        elif not force and store.is_done(path):  # finished by another sweep while we were getting here
+            claim.release()
+            outcome = "skipped"
+    outcome = dist.broadcast(outcome)  # every rank runs the cell, or none does
+    if outcome is not None:
+        return outcome, store.read(path) if outcome == "skipped" else None
     from . import lmms_glue
 
     with claim:
-        if not force and store.is_done(path):  # finished by another sweep while we were getting here
-            return "skipped", store.read(path)
         record = {"cell": cell.as_dict(), "status": "running", "error": None, "started": now(),
                   "experiment": cell.experiment, "config": config, "versions": lmms_glue.versions(),
                   "git": lmms_glue.git_sha()}
         t0 = time.time()
         try:
-            out = lmms_glue.evaluate(cell)
+            out = lmms_glue.evaluate(cell, lm)
+            if out is None:  # a worker rank: rank 0 holds the results
+                return "worker", None
             if out["score"] is None or out["n"] == 0:
                 raise RuntimeError(f"lmms-eval reported no {out['metric']!r} for task {cell.benchmark['task']!r}: "
                                    f"{out['metrics']}")
@@ -52,11 +67,17 @@ def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict
                 record["error"] = (f"{out['n_failed']} of {out['n_samples']} samples failed; first: "
                                    f"{f['id']} ({f['path']}): {f['error']}")
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
+            if not dist.is_main():
+                raise
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
             record["traceback"] = traceback.format_exc()
         record["finished"] = now()
         record["wall_s"] = time.time() - t0
+        if getattr(lm, "shared", None) is not None:
+            from .shared import counts_record
+
+            record["shared_encoding"] = counts_record(lm.shared, lm.shared.lm.adapter.counts)
         try:
             record["wandb"] = _wandb(record, wandb_cfg, wandb_group or cell.experiment, runs_dir)
         except Exception as e:  # noqa: BLE001 - logging must not lose a result

@@ -47,7 +47,8 @@ class SampleLog:
                         rec = json.loads(line)
                     except json.JSONDecodeError:  # a line torn by a kill: that sample reruns
                         continue
-                    if isinstance(rec, dict) and "key" in rec:
+                    # a failed sample is retried by a new run (its video may be back); within a run it stays failed
+                    if isinstance(rec, dict) and "key" in rec and "failure" not in rec:
                         self.done[rec["key"]] = rec
 
     def __contains__(self, key: str) -> bool:

@@ -34,7 +34,7 @@ import ottvid
 
 from .cell import Cell, CellError, cell_path, resolve_cell
 from . import store
-from .run import plain_config, run_cell
+from .run import now as run_now, plain_config, run_cell
 from .store import REPO_ROOT, is_done, resolve_dir
 
 CONFIG_DIR = str(REPO_ROOT / "configs")
@@ -152,6 +152,9 @@ def plan(argv: list[str]) -> tuple[object, list[tuple[Cell, list[str], dict]], l
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from . import dist
+
+    dist.init()  # a rank of a data-parallel launch (launcher=torchrun) joins its process group
     try:
         base, cells, subgrids = plan(argv)
         scale = scale_of(argv)
@@ -203,26 +206,129 @@ def preflight_check(cells: list[Cell]) -> None:
 
 
 def _local(base, pending, runs: Path, group: str, fail_fast: bool) -> int:
+    """Run the pending cells in this process (one rank of a data-parallel launch runs them all too).
+    `share_encoding` (default): sample-major per group of cells sharing their visual input
+    (runners/shared.py); otherwise cell by cell, each model loaded once per load setting."""
     from tqdm import tqdm
 
-    # one model per (backbone, method, hyperparameters): run its benchmarks back to back
+    from . import dist
+
+    # one checkpoint load per backbone; per-cell: a method's benchmarks back to back
     pending = sorted(pending, key=lambda t: (t[0].backbone["name"], t[0].method,
                                              repr(sorted(t[0].hparams.items())), t[0].benchmark["name"]))
     wcfg = OmegaConf.to_container(base.wandb, resolve=True)
     counts = dict.fromkeys(OUTCOMES, 0)
-    bar = tqdm(pending, desc=f"{base.experiment_name} cells", unit="cell", disable=not base.progress,
-               file=sys.stdout, position=0)
-    for cell, _, cfg in bar:
-        bar.set_postfix_str(cell.label[-60:])
-        outcome, rec = run_cell(cell, runs, force=bool(base.force), wandb_cfg=wcfg, wandb_group=group, config=cfg)
-        counts[outcome] += 1
+    bar = tqdm(total=len(pending), desc=f"{base.experiment_name} cells", unit="cell",
+               disable=not base.progress or not dist.is_main(), file=sys.stdout, position=0)
+
+    def record(cell, outcome, rec) -> bool:
+        """Count one cell's outcome; True when the sweep must stop (fail_fast)."""
+        counts[outcome] = counts.get(outcome, 0) + 1
+        bar.update(1)
         if outcome in ("failed", "incomplete"):
             tqdm.write(f"[{outcome}] {cell.label}: {rec.get('error')}")
-            if fail_fast:
-                break
+            return fail_fast
+        return False
+
+    from .shared import plan_groups
+
+    stop = False
+    shared = {t[0].key: t for t in pending if t[0].share_encoding}
+    for cells in plan_groups([t[0] for t in shared.values()]):
+        stop = _run_group(base, [shared[c.key] for c in cells], runs, wcfg, group, record)
+        if stop:
+            break
+    for cell, _, cfg in [t for t in pending if not t[0].share_encoding and not stop]:
+        bar.set_postfix_str(cell.label[-60:])
+        outcome, rec = run_cell(cell, runs, force=bool(base.force), wandb_cfg=wcfg, wandb_group=group, config=cfg)
+        if record(cell, outcome, rec):
+            break
     bar.close()
+    if not dist.is_main():
+        return 0
     print(summary(counts), flush=True)
     return 1 if counts["failed"] or counts["incomplete"] else 0
+
+
+def _run_group(base, items, runs: Path, wcfg: dict, group: str, record) -> bool:
+    """One group of cells sharing their visual input: claim them, load the checkpoint once, then run each
+    cell through lmms-eval with the group's shared encoding (runners/shared.py). True: stop the sweep."""
+    from . import dist, lmms_glue
+    from .shared import CellView, SharedEncoding
+
+    force = bool(base.force)
+    claims, outcomes = {}, {}
+    if dist.is_main():
+        for cell, _, _ in items:
+            path = cell_path(cell, runs)
+            claim = store.Claim(path)
+            if not force and is_done(path):
+                outcomes[cell.key] = "skipped"
+            elif not claim.acquire():
+                outcomes[cell.key] = "busy"
+            elif not force and is_done(path):
+                claim.release()
+                outcomes[cell.key] = "skipped"
+            else:
+                claims[cell.key] = claim
+    outcomes = dist.broadcast(outcomes)
+    for cell, _, _ in items:
+        if cell.key in outcomes and record(cell, outcomes[cell.key], store.read(cell_path(cell, runs)) or {}):
+            _release(claims)
+            return True
+    todo = [t for t in items if t[0].key not in outcomes]
+    if not todo:
+        return False
+    stop = False
+    shared = None
+    try:
+        lm = lmms_glue.load_model(todo[0][0])
+        shared = SharedEncoding(lm, [c for c, _, _ in todo], runs, rank=dist.rank(), progress=bool(base.progress))
+        if force and dist.is_main():
+            for log in shared.logs.values():
+                log.discard()
+        dist.barrier()
+        for i, (cell, _, cfg) in enumerate(todo):
+            if shared.bar is not None:
+                shared.bar.set_postfix_str(f"cells {i}/{len(todo)} done")
+            outcome, rec = run_cell(cell, runs, force=force, wandb_cfg=wcfg, wandb_group=group, config=cfg,
+                                    lm=CellView(shared, cell), claim=claims.get(cell.key) or store.Claim(cell_path(cell, runs)))
+            claims.pop(cell.key, None)
+            if dist.is_main() and outcome == "done":
+                shared.logs[cell.key].discard()  # its JSON holds every sample now
+            if record(cell, outcome, rec or {}):
+                stop = True
+                break
+    except Exception as e:  # noqa: BLE001 - e.g. the checkpoint failed to load: every cell of the group fails
+        if not dist.is_main():
+            raise
+        for cell, _, cfg in todo:
+            if cell.key in claims:
+                rec = _failed_record(cell, cfg, e)
+                store.atomic_write_json(cell_path(cell, runs), rec)
+                if record(cell, "failed", rec):
+                    stop = True
+    finally:
+        if shared is not None:
+            shared.close()
+        _release(claims)
+    return stop
+
+
+def _release(claims: dict) -> None:
+    for c in claims.values():
+        c.release()
+    claims.clear()
+
+
+def _failed_record(cell: Cell, cfg: dict, e: BaseException) -> dict:
+    import traceback
+
+    from . import lmms_glue
+
+    return {"cell": cell.as_dict(), "status": "failed", "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(), "started": run_now(), "finished": run_now(),
+            "experiment": cell.experiment, "config": cfg, "versions": lmms_glue.versions(), "git": lmms_glue.git_sha()}
 
 
 # what run_cell reports per cell, in the order of the summary line
