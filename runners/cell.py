@@ -22,7 +22,7 @@ from .lmms_prompts import prompt_model
 
 # Top-level config keys that are not method hyperparameters.
 BASE_KEYS = {"retention", "seed", "limit", "batch_size", "force", "dry_run", "results_dir", "experiment_name",
-             "progress", "share_encoding", "wandb", "backbone", "method", "benchmark", "grid", "launcher", "fail_fast", "hydra",
+             "progress", "share_encoding", "slurm", "wandb", "backbone", "method", "benchmark", "grid", "launcher", "fail_fast", "hydra",
              "tables_dir"}
 
 

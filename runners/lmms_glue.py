@@ -103,21 +103,23 @@ def evaluate(cell: Cell, lm=None) -> dict | None:
                           log_samples=True, batch_size=cell.batch_size, bootstrap_iters=0,
                           random_seed=cell.seed, numpy_random_seed=1234 + cell.seed,
                           torch_random_seed=1234 + cell.seed, fewshot_random_seed=1234 + cell.seed,
-                          verbosity="WARNING")
+                          verbosity="WARNING", distributed_executor_backend="torchrun")
     t_eval = time.time() - t1
     from . import dist
 
     # data parallel: every rank answered its share; rank 0 scores and keeps every rank's records
+    sharing = lm.sharing() if hasattr(lm, "sharing") else None  # a shared sweep's decode / vision counts
     mine = (list(stats[n_before:]) if isinstance(stats, list) else [],
-            list(fails[f_before:]) if isinstance(fails, list) else [])
+            list(fails[f_before:]) if isinstance(fails, list) else [], sharing)
     parts = dist.gather(mine)
     if not dist.is_main():
         return None
     if res is None:
         raise RuntimeError("lmms-eval returned no results")
-    order = lambda r: (str(r.get("task")), str(r.get("doc_id")).zfill(12))  # noqa: E731 - rank-independent order
-    stats = sorted((r for p in parts for r in p[0]), key=order)
-    fails = sorted((f for p in parts for f in p[1]), key=order)
+    stats, fails = _merge_ranks([p[0] for p in parts]), _merge_ranks([p[1] for p in parts])
+    if sharing is not None:  # summed over ranks: each rank encoded its own share of the samples
+        sharing = {**sharing, **{k: sum(p[2][k] for p in parts) for k in sharing if isinstance(sharing[k], int)
+                                 and k != "cells"}}
     n_before = f_before = 0
     metric = cell.benchmark["metric"]
     results = res.get("results", {})
@@ -161,8 +163,19 @@ def evaluate(cell: Cell, lm=None) -> dict | None:
         "sample_stats": per_sample,
         "stats_summary": summarize_stats(per_sample),
         "timing": {"model_load_s": t_load, "evaluate_s": t_eval},
+        **({"shared_encoding": sharing} if sharing is not None else {}),
         "lmms_eval_config": res.get("config", {}),
     }
+
+
+def _merge_ranks(parts: list[list[dict]]) -> list[dict]:
+    """Per-sample records of every rank in one rank-independent order (task, doc id); a doc that
+    lmms-eval duplicated to pad a rank's share counts once."""
+    seen: dict[tuple[str, str], dict] = {}
+    for rows in parts:
+        for r in rows:
+            seen.setdefault((str(r.get("task")), str(r.get("doc_id"))), r)
+    return [seen[k] for k in sorted(seen, key=lambda k: (k[0], k[1].zfill(12)))]
 
 
 def _is_number(v: Any) -> bool:

@@ -169,6 +169,10 @@ class OttvidModel(lmms):
     def tokenizer(self):
         return self.adapter.tokenizer
 
+    @property
+    def device(self):  # lmms-eval's data-parallel padding puts its counters on the model's device
+        return self.adapter.device
+
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError("ottvid models answer generate_until tasks only")
 

@@ -74,10 +74,6 @@ def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict
             record["traceback"] = traceback.format_exc()
         record["finished"] = now()
         record["wall_s"] = time.time() - t0
-        if getattr(lm, "shared", None) is not None:
-            from .shared import counts_record
-
-            record["shared_encoding"] = counts_record(lm.shared, lm.shared.lm.adapter.counts)
         try:
             record["wandb"] = _wandb(record, wandb_cfg, wandb_group or cell.experiment, runs_dir)
         except Exception as e:  # noqa: BLE001 - logging must not lose a result

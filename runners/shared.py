@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from typing import Any
-
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
@@ -62,7 +60,8 @@ class SharedEncoding:
         self.lm = lm
         self.cells = list(cells)
         self.logs = {c.key: SampleLog(c, runs_dir, rank) for c in self.cells}
-        self.counts = {"samples": 0, "decode": 0, "vision": 0}
+        self.counts = {"samples": 0}
+        self.base_counts = dict(lm.adapter.counts)  # the adapter's own decode / vision counters at the start
         self.bar = None
         if progress and rank == 0:
             from tqdm import tqdm
@@ -113,8 +112,6 @@ class SharedEncoding:
                 self.logs[c.key].append(key, {"failure": fail, "context_sha": sha})
             self._tick()
             return
-        self.counts["decode"] += 1
-        self.counts["vision"] += 1
         for c in need:
             method, hparams = split_model_args(c.model_args("-"))
             self.lm.configure(method, **hparams)
@@ -165,6 +162,14 @@ class CellView(lmms):
     def clean(self) -> None:  # the group's model stays resident
         pass
 
+    def sharing(self) -> dict:
+        """What this cell's JSON says about its group's sharing (this rank's counts so far): samples
+        encoded, and the decodes / vision passes the adapter really ran (its own counters)."""
+        s = self.shared
+        ran = {k: s.lm.adapter.counts[k] - s.base_counts[k] for k in s.base_counts}
+        return {"group": group_key(s.cells[0]), "cells": len(s.cells), "samples_encoded": s.counts["samples"],
+                "decodes": ran["decode"], "vision_passes": ran["vision"]}
+
     def loglikelihood(self, requests):
         raise NotImplementedError("ottvid models answer generate_until tasks only")
 
@@ -189,8 +194,3 @@ class CellView(lmms):
         return out
 
 
-def counts_record(shared: SharedEncoding, adapter_counts: dict[str, Any]) -> dict:
-    """What a cell's JSON says about the sharing of its group."""
-    return {"group": group_key(shared.cells[0]), "cells": len(shared.cells), "samples_encoded": shared.counts["samples"],
-            "decodes": shared.counts["decode"], "vision_passes": shared.counts["vision"],
-            "adapter_counts": dict(adapter_counts)}

@@ -38,7 +38,7 @@ from .run import now as run_now, plain_config, run_cell
 from .store import REPO_ROOT, is_done, resolve_dir
 
 CONFIG_DIR = str(REPO_ROOT / "configs")
-SWEEP_KEYS = {"launcher", "fail_fast", "scale"}
+SWEEP_KEYS = {"launcher", "fail_fast", "scale", "gpus", "only_group"}
 SCALED_AXES = ("backbone", "benchmark")
 
 
@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = resolve_dir(base.results_dir)
     done = [c for c, _, _ in cells if is_done(cell_path(c, runs))]
     pending = [t for t in cells if not (not base.force and is_done(cell_path(t[0], runs)))]
+    if opts.get("only_group"):  # one SLURM array task: the cells of one group
+        from .shared import group_key
+
+        cells = [t for t in cells if group_key(t[0]) == opts["only_group"]]
+        pending = [t for t in pending if group_key(t[0]) == opts["only_group"]]
+        done = [c for c in done if group_key(c) == opts["only_group"]]
     tag = "" if scale["name"] == "real" else f" (scale {scale['name']})"
     print(f"experiment {base.experiment_name}{tag}: {len(cells)} cells, {len(done)} done, "
           f"{len(pending)} to run -> {runs}", flush=True)
@@ -182,8 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     launcher = opts.get("launcher", base.get("launcher", "local"))
     if launcher == "hydra":
         return _via_hydra(scale["overrides"] + overrides + [f"wandb.group={group}"], subgrids)
+    rest = [a for a in argv if a.partition("=")[0].lstrip("+") not in ("launcher", "gpus")]
+    if launcher == "torchrun":
+        return _via_torchrun(rest, opts.get("gpus"))
+    if launcher == "slurm":
+        return _via_slurm(base, rest, pending)
     if launcher != "local":
-        print(f"error: launcher={launcher!r}; choices: local, hydra", file=sys.stderr)
+        print(f"error: launcher={launcher!r}; choices: local, torchrun, slurm, hydra", file=sys.stderr)
         return 2
     rc = _local(base, pending, runs, group, fail_fast=str(opts.get("fail_fast", base.get("fail_fast", False))).lower() == "true")
     todo = {t[0].key for t in pending}
@@ -377,6 +388,61 @@ def _log_shared_cells(base, cells: list[Cell], runs: Path, group: str) -> int:
     if n:
         print(f"{n} cells shared with other experiments logged to W&B group {group}", flush=True)
     return n
+
+
+def _via_torchrun(argv: list[str], gpus: str | None) -> int:
+    """Data parallel over samples on one node: this sweep once per GPU under torchrun (lmms-eval shards
+    every task's requests by rank and gathers them on rank 0, which writes the cells)."""
+    import torch
+
+    n = int(gpus) if gpus else (torch.cuda.device_count() or 1)
+    if n < 1:
+        print(f"error: gpus={gpus!r}: must be a positive integer", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "runners.sweep", *argv, "launcher=local"]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ})
+
+
+def _via_slurm(base, argv: list[str], pending) -> int:
+    """One SLURM array task per group of cells sharing their visual input (submitit); each task runs the
+    group sample-major on all GPUs of its node (`launcher=torchrun` when `slurm.gpus_per_node` > 1).
+    Waits for the jobs (`slurm.wait`) and returns non-zero if any failed."""
+    import submitit
+
+    from .shared import group_key
+
+    sc = OmegaConf.to_container(base.slurm, resolve=True)
+    keys = list(dict.fromkeys(group_key(t[0]) for t in pending))
+    if not keys:
+        print("nothing to submit", flush=True)
+        return 0
+    folder = resolve_dir(sc.pop("folder"))
+    cluster, wait, gpus = sc.pop("cluster"), sc.pop("wait"), int(sc.get("gpus_per_node") or 1)
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    params = {k: v for k, v in sc.items() if v is not None}
+    ex.update_parameters(**{("slurm_" + k if cluster == "slurm" and k in _SLURM_ONLY else k): v
+                            for k, v in params.items() if cluster == "slurm" or k not in _SLURM_ONLY})
+    inner = ["launcher=torchrun", f"gpus={gpus}"] if gpus > 1 else ["launcher=local"]
+    cmds = [[sys.executable, "-m", "runners.sweep", *argv, *inner, f"only_group={k}"] for k in keys]
+    with ex.batch():  # one array job on SLURM
+        jobs = [ex.submit(submitit.helpers.CommandFunction(c, cwd=str(REPO_ROOT))) for c in cmds]
+    print(f"submitted {len(jobs)} jobs (one per group of cells sharing their visual input) -> {folder}", flush=True)
+    if not wait:
+        return 0
+    rc = 0
+    for k, job in zip(keys, jobs):
+        try:
+            job.result()
+        except Exception as e:  # noqa: BLE001 - report every group
+            print(f"[group {k} failed] {type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}", flush=True)
+            rc = 1
+    return rc
+
+
+# submitit parameters that exist only for the SLURM cluster (the local executor takes the rest)
+_SLURM_ONLY = {"partition", "qos", "account", "constraint", "exclude", "gres", "array_parallelism", "setup"}
 
 
 def _via_hydra(overrides: list[str], subgrids: list[list[list[str]]]) -> int:
