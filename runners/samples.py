@@ -68,7 +68,8 @@ class SampleLog:
         self.done[key] = rec
 
     def discard(self) -> None:
-        """Remove this cell's sample files (after its cell JSON is written, or on `force`)."""
-        for f in self.files():
+        """Remove this cell's sample files (after its cell JSON is written, or on `force`); a rank other
+        than 0 removes only its own."""
+        for f in (self.files() if self.path.name == f"{self.stem}.jsonl" else [self.path]):
             f.unlink(missing_ok=True)
         self.done = {}

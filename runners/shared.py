@@ -73,8 +73,13 @@ class SharedEncoding:
         if self.bar is not None:
             self.bar.close()
 
-    def cells_done(self, key: str) -> int:
-        return sum(key in log for log in self.logs.values())
+    def retire(self, cell: Cell, finished: bool) -> None:
+        """A cell whose evaluation ended: no later sample is computed for it. `finished` (its JSON holds
+        every sample): this rank's log of it goes; otherwise the log stays for the rerun."""
+        self.cells = [c for c in self.cells if c.key != cell.key]
+        log = self.logs.pop(cell.key)
+        if finished:
+            log.discard()
 
     def answer(self, cell: Cell, req: Instance) -> dict:
         """The cell's record for this request: {"text", "stats"} or {"failure"}; computed for every cell
