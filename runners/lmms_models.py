@@ -7,9 +7,13 @@
 `--model_args`: `pretrained` (path, hub id, or `tiny` to build/reuse the tiny offline backbone
 under `cache_dir`), `method`, `retention`, any hyperparameter of the method, `max_frames_num`,
 `fps` (VTG sampling; Qwen2.5-VL), `device`, `dtype`, `seed`, `max_pixels`/`min_pixels` (Qwen2.5-VL),
-`siglip_head` (LLaVA: SigLIP checkpoint whose MAP head gives `frame_features`),
+`vtg_max_frames` (VTG frame cap after 2 fps sampling, Qwen2.5-VL), `time_scale` (`default` | `metadata`:
+Qwen2.5-VL's seconds per temporal grid step), `siglip_head` (LLaVA: SigLIP checkpoint whose MAP head gives
+`frame_features`),
 `attn_implementation`, `warmup` (un-timed passes on the first request; default 1 on CUDA, 0 on CPU).
-Every generated sample appends one dict to `sample_stats`.
+The task context reaches the model as lmms-eval gives it (only `<image>` placeholders removed, as the
+official wrappers do; never stripped). Every generated sample appends one dict to `sample_stats`,
+including the prompt text the model received (`prompt_text`).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from lmms_eval.api.model import lmms
 # keys that configure the adapter rather than the compressor
 _ADAPTER_KEYS = {"pretrained", "method", "device", "dtype", "seed", "max_frames_num", "fps", "max_pixels",
                  "min_pixels", "siglip_head", "attn_implementation", "cache_dir", "system_prompt", "batch_size",
-                 "vtg_max_frames", "max_new_tokens"}
+                 "vtg_max_frames", "max_new_tokens", "time_scale"}
 
 
 def parse_value(v: Any) -> Any:
@@ -45,6 +49,11 @@ def parse_value(v: Any) -> Any:
         return float(s)
     except ValueError:
         return s
+
+
+def model_context(context):
+    """The task context as the official wrappers hand it to the model: `<image>` removed, nothing stripped."""
+    return context.replace("<image>", "") if isinstance(context, str) else context
 
 
 class OttvidModel(lmms):
@@ -79,7 +88,8 @@ class OttvidModel(lmms):
         self.seed = int(parse_value(seed) or 0)
         torch.manual_seed(self.seed)
         overrides = {k: adapter_kw.get(k) for k in ("max_frames_num", "fps", "max_pixels", "min_pixels",
-                                                     "system_prompt", "vtg_max_frames", "siglip_head")}
+                                                     "system_prompt", "vtg_max_frames", "siglip_head",
+                                                     "time_scale")}
         self.adapter = load_backbone(self.family, pretrained, method=method, device=parse_value(device),
                                      dtype=parse_value(dtype), overrides=overrides,
                                      attn_implementation=adapter_kw.get("attn_implementation"), **hparams)
@@ -109,7 +119,7 @@ class OttvidModel(lmms):
         if self.warmup and requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[0].args
             videos = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if isinstance(v, str)]
-            q = context.replace("<image>", "").strip() if isinstance(context, str) else context
+            q = model_context(context)
             for _ in range(self.warmup if len(videos) == 1 else 0):
                 self.adapter.generate(videos[0], q, max_new_tokens=1)
             self.warmup = 0
@@ -123,7 +133,7 @@ class OttvidModel(lmms):
             until = [until] if isinstance(until, str) else [u for u in until if u != "\n\n"]
             max_new = int(self.max_new_tokens or gen_kwargs.get("max_new_tokens") or 128)
             torch.manual_seed(self.seed)  # methods that draw tie-breaking noise are reproducible per sample
-            question = context.replace("<image>", "").strip() if isinstance(context, str) else context
+            question = model_context(context)
             text, stats = self.adapter.generate(videos[0], question, max_new_tokens=max_new, until=until)
             stats.pop("generated_ids", None)
             self.sample_stats.append({"doc_id": doc_id, "task": task, **stats})

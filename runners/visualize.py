@@ -112,7 +112,8 @@ def visualize(adapter, video_path: str, out: str | Path, question: str = "Descri
     T = video.num_frames
     per_step = max(1, len(frames.indices) // T)        # frames per temporal step (2 on Qwen2.5-VL)
     mask = retained_mask(comp, T, video.grid_hw)
-    shown = [frames.pixels[min(t * per_step, len(frames.pixels) - 1)] for t in range(T)]
+    images = frames.images()                           # (n, h, w, 3) uint8, as fed to the processor
+    shown = [images[min(t * per_step, len(images) - 1)] for t in range(T)]
     N = video.tokens_per_frame
     labels = []
     for t in range(T):

@@ -26,7 +26,7 @@ def mvbench_shard():
     from tasks.synthetic.generate import generate_benchmark
     from tasks.synthetic.paths import DATA_ROOT
 
-    return generate_benchmark("mvbench", DATA_ROOT)
+    return generate_benchmark("mvbench", DATA_ROOT)   # writes DATA_ROOT/mvbench
 
 
 @pytest.mark.slow
@@ -112,3 +112,24 @@ def test_lmms_eval_cli(mvbench_shard, tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mvbench_accuracy" in r.stdout
+
+
+@pytest.mark.slow
+def test_context_reaches_model_unstripped(mvbench_shard):
+    """The task context goes into the chat template as lmms-eval gives it (its trailing newline kept), and
+    each sample's record keeps the prompt text the model received."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.models import get_model
+
+    from ottvid.backbones.tiny import build_tiny
+
+    _ensure_registered()
+    model = get_model("ottvid_qwen2_5_vl").create_from_arg_string(
+        f"pretrained={build_tiny('qwen2_5_vl', REPO / 'cache')},method=vanilla,device=cpu,max_new_tokens=1")
+    res = simple_evaluate(model=model, tasks=["synth_mvbench"], limit=1, task_manager=_task_manager(),
+                          batch_size=1, log_samples=True)
+    args = res["samples"]["synth_mvbench"][0]["arguments"]
+    context = args[0] if isinstance(args[0], str) else args[0][0]
+    assert context.endswith("\n") and context != context.strip()
+    prompt = model.sample_stats[0]["prompt_text"]
+    assert prompt.endswith(f"<|vision_end|>{context}<|im_end|>\n<|im_start|>assistant\n")

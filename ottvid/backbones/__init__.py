@@ -13,6 +13,9 @@ import torch
 from ..registry import build_compressor
 
 FAMILIES = ("qwen2_5_vl", "llava_onevision", "llava_video")
+# lmms-eval model name of each family's official OTT-Vid run: lmms-eval picks a task's model-specific
+# prompts (`lmms_eval_specific_kwargs`) by this name (runners/lmms_prompts.py, docs/protocol.md).
+OFFICIAL_LMMS_MODEL = {"qwen2_5_vl": "qwen2_5_vl", "llava_onevision": "llava_onevision", "llava_video": "llava_vid"}
 
 
 def _adapter_cls(family: str):
@@ -52,4 +55,4 @@ def load_backbone(family: str, pretrained: str | Path, method: str = "vanilla", 
     return cls.from_pretrained(path, device, parse_dtype(dtype, device), method, hparams, overrides, **kw, **extra)
 
 
-__all__ = ["FAMILIES", "load_backbone"]
+__all__ = ["FAMILIES", "OFFICIAL_LMMS_MODEL", "load_backbone"]

@@ -1,8 +1,15 @@
 """What every backbone adapter shares: loading checks, the timed decode loop, per-sample stats.
 
-Data path of one sample (DESIGN.md): decode -> encode (vision tower once, saliency/keys captured from
-its last layer) -> VideoTokens -> compress -> splice between the text tokens with positions ->
-prefill + greedy decode. Family specifics live in `qwen2_5_vl.py` and `llava.py`.
+Data path of one sample (DESIGN.md), each step a public method so a sweep can encode once and
+compress many times: `load` (decode + sample frames) -> `build_inputs` (prompt + processor) ->
+`encode` (vision tower once, saliency/keys captured from its last layer) -> VideoTokens -> `compress`
+-> `splice` between the text tokens with positions -> `generate_prepared` (prefill + greedy decode
+with the checkpoint's generation rule). `prepare` and `generate` chain them. Family specifics live in
+`qwen2_5_vl.py` and `llava.py`.
+
+Decoding rule (docs/backbones.md): what HF `generate(do_sample=False)` does on top of the checkpoint's
+`generation_config` (e.g. Qwen2.5-VL-7B-Instruct's `repetition_penalty` 1.05 still applies), with
+transformers' own logits processors, over our spliced `inputs_embeds` and position ids.
 """
 from __future__ import annotations
 
@@ -139,6 +146,9 @@ class Prepared:
     video: VideoTokens
     compressed: CompressedTokens
     extras: dict[str, Any] = field(default_factory=dict)
+    # (1, L0) prompt ids HF `generate` would hold for this sample (the logits processors' context, e.g. the
+    # repetition penalty); None where the official call passes only `inputs_embeds` (context = generated ids)
+    input_ids: torch.Tensor | None = None
 
 
 class Adapter:
@@ -197,6 +207,7 @@ class Adapter:
 
     @torch.no_grad()
     def prepare(self, video_path: str, question: str, timer: Timer | None = None) -> Prepared:
+        """load -> build_inputs -> encode -> compress -> splice for one sample."""
         timer = timer or Timer(self.device)
         frames = self.load(video_path)
         inputs = self.build_inputs(frames, question)
@@ -206,6 +217,8 @@ class Adapter:
             out = self.compress(video)
         with timer("splice"):
             prep = self.splice(inputs, video, out)
+        prep.extras.setdefault("prompt", inputs.get("prompt"))
+        prep.extras.setdefault("frame_indices", list(frames.indices))
         return prep
 
     @torch.no_grad()
@@ -219,20 +232,49 @@ class Adapter:
         logits = self.model.lm_head(out.last_hidden_state[:, -1:])
         return logits[0, -1].float(), out.past_key_values
 
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end generation: the checkpoint's generation_config and the tokenizer's eos."""
+        ids = []
+        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            for i in ([src] if isinstance(src, int) else (src or [])):
+                if i not in ids:
+                    ids.append(int(i))
+        return ids
+
+    def logits_processor(self, prompt_len: int):
+        """transformers' own logits processors of greedy `generate` on the checkpoint's generation_config.
+
+        The official calls pass `do_sample=False, temperature=None, top_p=None, num_beams=1`: sampling
+        warpers drop out, processors such as `repetition_penalty` stay. Built exactly as `generate` builds
+        them (`_prepare_generation_config`, `_prepare_special_tokens`, `_get_logits_processor`).
+        """
+        m = self.model
+        eos = self.eos_token_ids()
+        gc, _ = m._prepare_generation_config(None, do_sample=False, temperature=None, top_p=None, num_beams=1,
+                                             eos_token_id=eos if len(eos) > 1 else eos[0],
+                                             pad_token_id=self.tokenizer.pad_token_id)
+        m._prepare_special_tokens(gc, True, device=self.device)
+        return m._get_logits_processor(gc, input_ids_seq_length=prompt_len, device=self.device)
+
     @torch.no_grad()
-    def generate(self, video_path: str, question: str, max_new_tokens: int = 16,
-                 until: list[str] | None = None) -> tuple[str, dict]:
-        """Greedy decoding. Returns the text and the per-sample stats (timing, memory, token counts)."""
+    def generate_prepared(self, prep: Prepared, max_new_tokens: int = 16, until: list[str] | None = None,
+                          timer: Timer | None = None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """Greedy decoding from a spliced sample: (generated ids, raw logits (n, V), processed scores (n, V)).
+
+        Stops at an eos id, after `max_new_tokens`, or once an `until` string has appeared (the text before
+        it is what greedy decoding to the end would give). Position ids continue at `prep.next_position`.
+        """
         dev = self.device
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        timer = Timer(dev)
-        prep = self.prepare(video_path, question, timer)
+        timer = timer or Timer(dev)
+        seq = prep.input_ids.to(dev) if prep.input_ids is not None else torch.zeros(1, 0, dtype=torch.long, device=dev)
+        procs = self.logits_processor(seq.shape[1])
+        eos = set(self.eos_token_ids())
         with timer("prefill"):
             logits, cache = self.prefill(prep)
-            token = int(logits.argmax())
-        ids, all_logits = [token], [logits]
-        eos = self._eos_ids()
+            scores = procs(seq, logits[None])[0]
+            token = int(scores.argmax())
+        ids, all_logits, all_scores = [token], [logits], [scores]
+        seq = torch.cat([seq, seq.new_tensor([[token]])], dim=1)
         embed = self.language_model().get_input_embeddings()
         pos = prep.next_position
         while token not in eos and len(ids) < max_new_tokens:
@@ -243,13 +285,41 @@ class Adapter:
                                       past_key_values=cache, use_cache=True)
             cache, pos = o.past_key_values, pos + 1
             logits = self.model.lm_head(o.last_hidden_state[:, -1:])[0, -1].float()
-            token = int(logits.argmax())
+            scores = procs(seq, logits[None])[0]
+            token = int(scores.argmax())
+            seq = torch.cat([seq, seq.new_tensor([[token]])], dim=1)
             ids.append(token)
             all_logits.append(logits)
+            all_scores.append(scores)
+        return ids, torch.stack(all_logits), torch.stack(all_scores)
+
+    def answer_text(self, ids: list[int], until: list[str] | None = None) -> str:
+        """Generated ids to the answer string: special tokens dropped, cut at the first `until` string."""
+        eos = set(self.eos_token_ids())
         text = self.tokenizer.decode([i for i in ids if i not in eos], skip_special_tokens=True)
         for u in until or []:
             if u:
                 text = text.split(u)[0]
+        return text
+
+    @torch.no_grad()
+    def generate(self, video_path: str, question: str, max_new_tokens: int = 16,
+                 until: list[str] | None = None) -> tuple[str, dict]:
+        """One sample end to end. Returns the text and the per-sample stats (timing, memory, tokens, prompt)."""
+        dev = self.device
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        timer = Timer(dev)
+        prep = self.prepare(video_path, question, timer)
+        return self.finish(prep, timer, max_new_tokens, until)
+
+    @torch.no_grad()
+    def finish(self, prep: Prepared, timer: Timer, max_new_tokens: int = 16,
+               until: list[str] | None = None) -> tuple[str, dict]:
+        """Decode a prepared sample and collect its stats (`timer` holds its vision/compress/splice times)."""
+        dev = self.device
+        ids, logits, scores = self.generate_prepared(prep, max_new_tokens, until, timer)
+        text = self.answer_text(ids, until)
         ms = timer.ms
         stats = {
             "tokens_in": int(prep.video.num_frames * prep.video.tokens_per_frame),
@@ -263,20 +333,12 @@ class Adapter:
             "tflops": prefill_tflops(self.model.config, prep.inputs_embeds.shape[1]),
             "frames": len(prep.extras.get("frame_indices", [])) or prep.video.num_frames,
             "grid_thw": [prep.video.num_frames, *prep.video.grid_hw],
+            "prompt_text": prep.extras.get("prompt"),
             "method_stats": _plain(prep.compressed.stats),
             "generated_ids": ids,
         }
-        self.last_logits = torch.stack(all_logits)
+        self.last_logits, self.last_scores = logits, scores
         return text, stats
-
-    def _eos_ids(self) -> set[int]:
-        ids = set()
-        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if isinstance(src, int):
-                ids.add(src)
-            elif src:
-                ids.update(src)
-        return ids
 
 
 def _plain(x: Any) -> Any:

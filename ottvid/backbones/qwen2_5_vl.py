@@ -1,5 +1,11 @@
 """Qwen2.5-VL adapter: compression between the patch merger and the LLM, 3-D M-RoPE kept per token.
 
+Inputs follow the official OTT-Vid runs (docs/protocol_qwen.md): qwen-vl-utils picks and resizes
+the frames (`video.read_video_qwen_vl`), the chat template renders the same messages, the
+processor patchifies (its own resize is skipped: it is the identity on qwen-vl-utils' output),
+`second_per_grid_ts` is the processor default the official wrapper got (temporal_patch_size / 2 fps),
+and the M-RoPE ids follow the original rule (`mrope_position_ids`), not the installed transformers'.
+
 Saliency (PROTOCOL.md): the last vision block's self-attention (a full-attention block in
 Qwen2.5-VL-7B: `fullatt_block_indexes` ends with the last block), recomputed from the block's own
 input with its q/k projections and vision RoPE, softmax per attention segment (one temporal grid
@@ -11,9 +17,9 @@ encoder_features: the same block's keys before RoPE, averaged over heads and ove
 frame_features: Qwen2.5-VL has no pooling head; the substitute is the per-step mean of the merged
 (LLM-space) tokens, which is what FastVID's own Qwen2.5-VL port uses as its frame embedding.
 
-Positions: the official OTT-Vid code computes the uncompressed M-RoPE ids (`get_rope_index`) and
-gathers the kept ones: each kept token keeps its (t,h,w) ids, a merged token its anchor's, text
-tokens keep their uncompressed ids, decoding continues at max id + 1.
+Positions: as the official OTT-Vid code, the uncompressed M-RoPE ids are computed and the kept ones
+gathered: each kept token keeps its (t,h,w) ids, a merged token its anchor's, text tokens keep their
+uncompressed ids, decoding continues at max id + 1.
 """
 from __future__ import annotations
 
@@ -23,13 +29,58 @@ import torch
 
 from ..contract import CompressedTokens, VideoTokens
 from .common import Adapter, Prepared, read_defaults, received_attention
-from .video import Frames, load_frames
+from .video import Frames, read_video_qwen_vl
 
-# PROTOCOL.md: 32 uniform frames, dynamic resolution bounds of the official runs; VTG at 2 fps.
+# The official runs (PROTOCOL.md, docs/protocol_qwen.md): VQA 32 frames, VTG qwen-vl-utils' 2 fps up to
+# `vtg_max_frames` (768: the paper's "2 fps"; 32 is the wrapper's own default), the scripts' pixel bounds.
 PROTOCOL = {"max_frames_num": 32, "min_pixels": 200704, "max_pixels": 1605632, "fps": None,
-            "vtg_max_frames": 768, "system_prompt": "You are a helpful assistant."}
+            "vtg_max_frames": 768, "system_prompt": "You are a helpful assistant.", "time_scale": "default"}
+# second_per_grid_ts: "default" = temporal_patch_size / 2 fps (what transformers 4.57.3's processor uses
+# when no fps is passed, as in the official runs: 1.0 s); "metadata" = temporal_patch_size / the fps the
+# frames were really sampled at (what transformers 5.x derives from the video metadata).
+TIME_SCALES = ("default", "metadata")
+PROCESSOR_DEFAULT_FPS = 2.0
 HOW_TO_GET = ("download it with `huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct` on a machine with "
               "network access (or pass a local path), or use backbone=tiny_qwen2_5_vl")
+
+
+def mrope_position_ids(input_ids: torch.Tensor, video_grid_thw: torch.Tensor, second_per_grid_ts, *,
+                       video_token_id: int, spatial_merge_size: int, tokens_per_second: float) -> torch.Tensor:
+    """(3, L) M-RoPE ids of one sequence by the original Qwen2.5-VL rule (transformers 4.x, Qwen's training code).
+
+    Text: one id per token on all three axes, continuing at (largest id so far) + 1. A video of merged
+    grid (T, H, W) starting at id s: (s + floor(t * second_per_grid_t * tokens_per_second), s + h, s + w).
+    So text after a video starts at the video's largest id + 1 (transformers 5.x instead restarts it at
+    s + max(H, W), which overlaps the video's time ids). 4.x casts second_per_grid_t to an integer before
+    the product; here the product is taken in float64 and floored, identical for the official 1.0.
+    """
+    ids = input_ids.reshape(-1)
+    dev = ids.device
+    is_vid = (ids == video_token_id).to(torch.int8)
+    edges = torch.diff(is_vid, prepend=is_vid.new_zeros(1), append=is_vid.new_zeros(1))
+    starts, ends = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
+    grids = video_grid_thw.reshape(-1, 3).tolist()
+    secs = torch.as_tensor(second_per_grid_ts, dtype=torch.float64).reshape(-1).tolist()
+    if len(starts) != len(grids) or len(secs) != len(grids):
+        raise ValueError(f"input_ids: {len(starts)} video spans for {len(grids)} video_grid_thw rows and "
+                         f"{len(secs)} second_per_grid_ts values")
+    m = spatial_merge_size
+    parts, nxt, prev = [], 0, 0
+    for s, e, (t, h, w), sec in zip(starts, ends, grids, secs):
+        gh, gw = h // m, w // m
+        if e - s != t * gh * gw:
+            raise ValueError(f"input_ids: a video span of {e - s} tokens does not match grid {(t, h, w)} "
+                             f"(merge {m}: {t * gh * gw} tokens)")
+        parts.append(torch.arange(s - prev, device=dev).expand(3, -1) + nxt)
+        base = nxt + s - prev
+        tt = (torch.arange(t, device=dev, dtype=torch.float64) * sec * tokens_per_second).long()
+        vid = torch.stack([tt.repeat_interleave(gh * gw),
+                           torch.arange(gh, device=dev).repeat_interleave(gw).repeat(t),
+                           torch.arange(gw, device=dev).repeat(t * gh)]) + base
+        parts.append(vid)
+        nxt, prev = int(vid.max()) + 1, e
+    parts.append(torch.arange(ids.numel() - prev, device=dev).expand(3, -1) + nxt)
+    return torch.cat(parts, dim=1)
 
 
 class Qwen25VLAdapter(Adapter):
@@ -42,34 +93,55 @@ class Qwen25VLAdapter(Adapter):
 
         d = read_defaults(path, PROTOCOL)
         d.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        if d.get("time_scale") not in TIME_SCALES:
+            raise ValueError(f"time_scale: must be one of {list(TIME_SCALES)}, got {d.get('time_scale')!r}")
         kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, **kw).to(device)
         proc = AutoProcessor.from_pretrained(path)
-        proc.video_processor.size = {"shortest_edge": int(d["min_pixels"]), "longest_edge": int(d["max_pixels"])}
-        # qwen-vl-utils (used by the official runs) also bounds the total video pixel budget per frame
+        # qwen-vl-utils has already resized the frames (its per-frame cap included); the processor's own
+        # resize is skipped (do_resize=False), so this only silences transformers' warning about the cap
         proc.video_processor.cap_pixels_per_frame = True
         return cls(model, proc, path, method, hparams, d)
 
     # ---------------------------------------------------------------- inputs
+    @property
+    def mode(self) -> str:
+        """"vtg" when frames are sampled at a rate (`fps`), else "vqa" (a fixed frame count)."""
+        return "vtg" if self.defaults.get("fps") else "vqa"
+
     def load(self, video_path: str) -> Frames:
+        """Decode + resize through qwen-vl-utils, as the official wrapper calls it."""
+        d = self.defaults
+        return read_video_qwen_vl(video_path, min_pixels=int(d["min_pixels"]), max_pixels=int(d["max_pixels"]),
+                                  max_frames=int(d["max_frames_num"]),
+                                  fps=float(d["fps"]) if d.get("fps") else None,
+                                  vtg_max_frames=int(d["vtg_max_frames"]))
+
+    def messages(self, frames: Frames, question: str) -> list[dict]:
+        """The official wrapper's conversation: system prompt, then the video and the task context."""
+        msgs = []
+        if self.defaults.get("system_prompt"):
+            msgs.append({"role": "system", "content": self.defaults["system_prompt"]})
+        video = frames.element or {"type": "video"}
+        msgs.append({"role": "user", "content": [video, {"type": "text", "text": question}]})
+        return msgs
+
+    def second_per_grid_t(self, frames: Frames) -> float:
+        """Seconds per temporal grid step fed to M-RoPE (`time_scale`, see TIME_SCALES)."""
         tp = self.model.config.vision_config.temporal_patch_size
-        if self.defaults.get("fps"):
-            return load_frames(video_path, fps=float(self.defaults["fps"]),
-                               max_frames=int(self.defaults["vtg_max_frames"]), multiple=tp)
-        return load_frames(video_path, num_frames=int(self.defaults["max_frames_num"]))
+        fps = PROCESSOR_DEFAULT_FPS if self.defaults.get("time_scale", "default") == "default" else frames.sampled_fps
+        return tp / fps
 
     def build_inputs(self, frames: Frames, question: str) -> dict:
         from transformers.video_utils import VideoMetadata
 
-        msgs = []
-        if self.defaults.get("system_prompt"):
-            msgs.append({"role": "system", "content": self.defaults["system_prompt"]})
-        msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
-        text = self.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        text = self.processor.apply_chat_template(self.messages(frames, question), tokenize=False,
+                                                  add_generation_prompt=True)
         meta = VideoMetadata(total_num_frames=frames.total_frames, fps=frames.native_fps,
                              frames_indices=list(frames.indices))
         inputs = self.processor(text=[text], videos=[frames.pixels], video_metadata=[meta], do_sample_frames=False,
-                                return_tensors="pt")
+                                do_resize=False, return_tensors="pt")
+        inputs["second_per_grid_ts"] = torch.tensor([self.second_per_grid_t(frames)], dtype=torch.float32)
         inputs["prompt"] = text
         return inputs.to(self.device)
 
@@ -141,12 +213,13 @@ class Qwen25VLAdapter(Adapter):
 
     # ---------------------------------------------------------------- splice + positions
     def full_position_ids(self, inputs: dict) -> torch.Tensor:
-        """(3, 1, L) M-RoPE ids of the uncompressed sequence, as the unmodified model computes them."""
-        pos, _ = self.model.model.get_rope_index(
-            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-            video_grid_thw=inputs["video_grid_thw"],
-            second_per_grid_ts=inputs.get("second_per_grid_ts"), attention_mask=inputs.get("attention_mask"))
-        return pos
+        """(3, 1, L) M-RoPE ids of the uncompressed sequence by the original rule (`mrope_position_ids`)."""
+        cfg = self.model.config
+        pos = mrope_position_ids(inputs["input_ids"][0], inputs["video_grid_thw"], inputs["second_per_grid_ts"],
+                                 video_token_id=cfg.video_token_id,
+                                 spatial_merge_size=cfg.vision_config.spatial_merge_size,
+                                 tokens_per_second=cfg.vision_config.tokens_per_second)
+        return pos[:, None]
 
     def splice(self, inputs: dict, video: VideoTokens, out: CompressedTokens) -> Prepared:
         ids = inputs["input_ids"][0]
@@ -163,8 +236,12 @@ class Qwen25VLAdapter(Adapter):
         keep = torch.cat([torch.arange(s, device=ids.device), s + flat, torch.arange(e, len(ids), device=ids.device)])
         position_ids = pos[:, :, keep]
         return Prepared(inputs_embeds=embeds, position_ids=position_ids, next_position=int(pos.max()) + 1,
-                        video=video, compressed=out,
+                        video=video, compressed=out, input_ids=inputs["input_ids"],
                         extras={"keep_index": keep, "video_span": (s, e), "full_position_ids": pos})
+
+    def eos_token_ids(self) -> list[int]:
+        """The official wrapper passes `eos_token_id=tokenizer.eos_token_id` (<|im_end|>) to `generate`."""
+        return [int(self.tokenizer.eos_token_id)]
 
     def decode_positions(self, p: int) -> torch.Tensor:
         return torch.full((3, 1, 1), p, dtype=torch.long, device=self.device)
