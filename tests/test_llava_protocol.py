@@ -69,10 +69,12 @@ def test_llava_video_sampling_without_force_sample(case):
     assert (idx, ft, length) == (exp["frame_indices"], exp["frame_time"], exp["video_time"])
 
 
-def test_prompt_tokens_are_the_video_placeholder(adapter):
+@pytest.mark.parametrize("fam", sorted(FAMILY))
+def test_prompt_tokens_are_the_video_placeholder(adapter, fam):
     """The rendered `<image>` placeholder becomes the processor's video tokens; the text around it is
-    tokenized as LLaVA-NeXT's `tokenizer_image_token` does (the chunks around the placeholder)."""
-    ad = adapter("llava_onevision")
+    tokenized as LLaVA-NeXT's `tokenizer_image_token` does (the chunks around the placeholder, so the
+    video token must not strip the newline after it)."""
+    ad = adapter(fam)
     frames = ad.load(str(PROTO / "videos" / "v320x240_10fps_2s.mp4"))
     inp = ad.build_inputs(frames, QUESTIONS["vqa"])
     ids = inp["input_ids"][0].tolist()
