@@ -18,7 +18,6 @@ lose its "The best answer is:").
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from ottvid.backbones import OFFICIAL_LMMS_MODEL
 

@@ -58,7 +58,7 @@ def test_prompt_for_official_model_name(task_configs, task_name, model):
     """The runners' path: tasks built with the official run's model name (TaskManager(model_name=...))."""
     exp = PROMPTS[task_name][model]
     task = _offline_task(task_configs[task_name], _model(model), exp["split"], exp["doc"])
-    ctx, gen_kwargs, doc_to_visual, doc_id, name, split = _request(task)
+    ctx, gen_kwargs, _, doc_id, _, split = _request(task)
     assert ctx == exp["context"]
     assert gen_kwargs == exp["generation_kwargs"]
     assert task.lmms_eval_specific_kwargs == exp["lmms_eval_specific_kwargs"]
