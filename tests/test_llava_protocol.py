@@ -251,3 +251,13 @@ def test_llava_pixels_follow_llava_next_siglip_preprocessing(adapter, video):
                                       1 / 255, data_format=first), [0.5] * 3, [0.5] * 3, data_format=first)
                     for f in frames.pixels])
     torch.testing.assert_close(pv, torch.from_numpy(ref), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fam", ["llava_onevision", "llava_video"])
+def test_cuda_default_dtype_is_fp16(tmp_path, fam):
+    ad = load_backbone(fam, build_tiny(fam, tmp_path), method="ottvid", retention=0.25, device="cuda")
+    assert ad.dtype == torch.float16
+    text, st = ad.generate(str(PROTO / "videos" / "v320x240_10fps_2s.mp4"), QUESTIONS["vqa"], max_new_tokens=3)
+    assert st["tokens_out"] < st["tokens_in"]
