@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 import ottvid
 from ottvid.registry import check_retention
 
+from .lmms_prompts import prompt_model
+
 # Top-level config keys that are not method hyperparameters.
 BASE_KEYS = {"retention", "seed", "limit", "batch_size", "force", "dry_run", "results_dir", "experiment_name",
              "progress", "wandb", "backbone", "method", "benchmark", "grid", "launcher", "fail_fast", "hydra",
@@ -46,6 +48,7 @@ class Cell:
         b = self.backbone
         return {
             "backbone": {k: b.get(k) for k in ("name", "model", "pretrained", "max_frames_num", "fps", "dtype")},
+            "prompt_model": prompt_model(b),   # lmms-eval model name the task prompts are built for
             "method": self.method,
             "hparams": {k: _canon(v) for k, v in sorted(self.hparams.items())},
             "task": self.benchmark["task"],
@@ -83,6 +86,7 @@ class Cell:
                 "max_frames_num": b["max_frames_num"], "device": b["device"], "dtype": b["dtype"], "seed": self.seed}
         if b.get("fps") is not None:
             args["fps"] = b["fps"]
+        args["prompt_model"] = prompt_model(b) or "none"
         args.update(self.model_args_extra)
         return args
 
@@ -147,6 +151,10 @@ def resolve_cell(cfg: DictConfig) -> Cell:
     if bm["family"] == "vtg" and not bk.get("vtg", False):
         raise CellError(f"benchmark {bm['name']!r} is temporal grounding, which backbone {bk['name']!r} does not "
                         f"support (PROTOCOL.md: VTG on Qwen2.5-VL only)")
+    try:
+        prompt_model(bk)
+    except ValueError as e:
+        raise CellError(str(e)) from None
     if not bk.get("tiny") and not bk.get("pretrained"):
         raise CellError(f"backbone {bk['name']!r}: `pretrained` is required for a non-tiny backbone")
     limit = c.get("limit")

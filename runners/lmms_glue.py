@@ -6,30 +6,40 @@ benchmarks; each cell reads only the `sample_stats` entries its own evaluation a
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from .cell import Cell
+from .lmms_prompts import prompt_model
 from .scoring import sample_scores
 from .store import REPO_ROOT
 
 TASKS_DIR = REPO_ROOT / "tasks"
-_TASK_MANAGERS: dict[bool, Any] = {}
+_TASK_MANAGERS: dict[tuple[bool, str | None], Any] = {}
 _MODELS: dict[str, Any] = {}
 _TINY: dict[str, str] = {}
 _SHARDS_READY = False  # the synthetic shards were generated (checked) in this process
 
 
-def task_manager(include_defaults: bool):
-    """lmms-eval TaskManager with `tasks/` on the include path (built-in index only if needed)."""
-    if include_defaults not in _TASK_MANAGERS:
-        from lmms_eval.tasks import TaskManager
+def task_manager(include_defaults: bool, model_name: str | None = None):
+    """lmms-eval TaskManager with `tasks/` on the include path (built-in index only if needed) whose
+    tasks are built for lmms-eval model `model_name` (its model-specific prompts; runners/lmms_prompts.py).
+    One task index per `include_defaults`, shared by the managers of every model name."""
+    key = (include_defaults, model_name)
+    if key not in _TASK_MANAGERS:
+        base = _TASK_MANAGERS.get((include_defaults, None))
+        if base is None:
+            from lmms_eval.tasks import TaskManager
 
-        _TASK_MANAGERS[include_defaults] = TaskManager(
-            include_path=str(TASKS_DIR), include_defaults=include_defaults, verbosity="WARNING")
-    return _TASK_MANAGERS[include_defaults]
+            base = _TASK_MANAGERS[(include_defaults, None)] = TaskManager(
+                include_path=str(TASKS_DIR), include_defaults=include_defaults, verbosity="WARNING")
+        tm = copy.copy(base)  # same index; `model_name` is what its tasks are constructed with
+        tm.model_name = model_name
+        _TASK_MANAGERS[key] = tm
+    return _TASK_MANAGERS[key]
 
 
 def dataset_repos(task: str, tm) -> list[str]:
@@ -97,7 +107,7 @@ def evaluate(cell: Cell) -> dict:
 
         generate()  # idempotent; seconds on first use
         _SHARDS_READY = True
-    tm = task_manager(bool(cell.benchmark.get("include_defaults", True)))
+    tm = task_manager(bool(cell.benchmark.get("include_defaults", True)), prompt_model(cell.backbone))
     check_dataset(cell.benchmark["task"], tm)
     t0 = time.time()
     lm = load_model(cell)

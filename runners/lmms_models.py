@@ -9,8 +9,12 @@ under `cache_dir`), `method`, `retention`, any hyperparameter of the method, `ma
 `fps` (VTG sampling; Qwen2.5-VL), `device`, `dtype`, `seed`, `max_pixels`/`min_pixels` (Qwen2.5-VL),
 `vtg_max_frames` (VTG frame cap after 2 fps sampling, Qwen2.5-VL), `time_scale` (`default` | `metadata`:
 Qwen2.5-VL's seconds per temporal grid step), `siglip_head` (LLaVA: SigLIP checkpoint whose MAP head gives
-`frame_features`),
-`attn_implementation`, `warmup` (un-timed passes on the first request; default 1 on CUDA, 0 on CPU).
+`frame_features`), `force_sample`, `time_instruction`, `video_fps` (LLaVA-Video's frame sampling and time
+instruction, docs/protocol.md),
+`attn_implementation`, `warmup` (un-timed passes on the first request; default 1 on CUDA, 0 on CPU),
+`prompt_model` (lmms-eval model name whose task prompts the model gets; default: the family's official
+run's, `OFFICIAL_LMMS_MODEL`; `none`: lmms-eval's defaults). Requests lmms-eval built under another model
+name (the plugin's registered `ottvid_*` name on the CLI) are re-resolved (runners/lmms_prompts.py).
 The task context reaches the model as lmms-eval gives it (only `<image>` placeholders removed, as the
 official wrappers do; never stripped). Every generated sample appends one dict to `sample_stats`,
 including the prompt text the model received (`prompt_text`).
@@ -26,7 +30,7 @@ from lmms_eval.api.model import lmms
 # keys that configure the adapter rather than the compressor
 _ADAPTER_KEYS = {"pretrained", "method", "device", "dtype", "seed", "max_frames_num", "fps", "max_pixels",
                  "min_pixels", "siglip_head", "attn_implementation", "cache_dir", "system_prompt", "batch_size",
-                 "vtg_max_frames", "max_new_tokens", "time_scale"}
+                 "vtg_max_frames", "max_new_tokens", "time_scale", "force_sample", "time_instruction", "video_fps"}
 
 
 def parse_value(v: Any) -> Any:
@@ -64,7 +68,8 @@ class OttvidModel(lmms):
 
     def __init__(self, pretrained: str = "", method: str = "vanilla", device: str | None = None,
                  dtype: str | None = None, seed: int = 0, cache_dir: str = "cache", batch_size: int = 1,
-                 max_new_tokens: int | None = None, warmup: int | None = None, **kwargs: Any) -> None:
+                 max_new_tokens: int | None = None, warmup: int | None = None, prompt_model: str | None = "official",
+                 **kwargs: Any) -> None:
         super().__init__()
         import torch
 
@@ -89,7 +94,7 @@ class OttvidModel(lmms):
         torch.manual_seed(self.seed)
         overrides = {k: adapter_kw.get(k) for k in ("max_frames_num", "fps", "max_pixels", "min_pixels",
                                                      "system_prompt", "vtg_max_frames", "siglip_head",
-                                                     "time_scale")}
+                                                     "time_scale", "force_sample", "time_instruction", "video_fps")}
         self.adapter = load_backbone(self.family, pretrained, method=method, device=parse_value(device),
                                      dtype=parse_value(dtype), overrides=overrides,
                                      attn_implementation=adapter_kw.get("attn_implementation"), **hparams)
@@ -99,6 +104,12 @@ class OttvidModel(lmms):
         w = parse_value(warmup)
         self.warmup = int(w) if w is not None else int(self.adapter.device.type == "cuda")
         self.sample_stats: list[dict] = []
+        from ottvid.backbones import OFFICIAL_LMMS_MODEL
+
+        pm = parse_value(prompt_model)
+        self.prompt_model = OFFICIAL_LMMS_MODEL[self.family] if pm == "official" else (
+            None if pm in (None, "", "none", "default") else str(pm))
+        self._prompt_views: dict = {}
         self._rank, self._world_size = 0, 1
 
     @property
@@ -115,6 +126,10 @@ class OttvidModel(lmms):
         import torch
         from tqdm import tqdm
 
+        from .lmms_prompts import official_request
+
+        for req in requests:  # tasks built under another model name get this model's prompts
+            req.arguments = official_request(req.args, self.task_dict, self.prompt_model, self._prompt_views)
         out = []
         if self.warmup and requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[0].args

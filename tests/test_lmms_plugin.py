@@ -133,3 +133,26 @@ def test_context_reaches_model_unstripped(mvbench_shard):
     assert context.endswith("\n") and context != context.strip()
     prompt = model.sample_stats[0]["prompt_text"]
     assert prompt.endswith(f"<|vision_end|>{context}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_cli_task_manager_gets_official_prompts(tmp_path):
+    """What `python -m lmms_eval --model ottvid_llava_video` does: tasks built under the plugin's name
+    (TaskManager(model_name="ottvid_llava_video")); the model gets, and lmms-eval logs, the `llava_vid`
+    prompt (Video-MME: "The best answer is:")."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.models import get_model
+    from lmms_eval.tasks import TaskManager
+
+    from ottvid.backbones.tiny import build_tiny
+    from tasks.synthetic.generate import generate_benchmark
+    from tasks.synthetic.paths import DATA_ROOT
+
+    generate_benchmark("videomme", DATA_ROOT)
+    _ensure_registered()
+    model = get_model("ottvid_llava_video").create_from_arg_string(
+        f"pretrained={build_tiny('llava_video', REPO / 'cache')},device=cpu,max_new_tokens=2")
+    tm = TaskManager(include_path=str(REPO / "tasks" / "synthetic"), model_name="ottvid_llava_video")
+    res = simple_evaluate(model=model, tasks=["synth_videomme"], limit=1, task_manager=tm, batch_size=1,
+                          log_samples=True)
+    (sample,) = res["samples"]["synth_videomme"]
+    assert sample["arguments"][0].endswith("The best answer is:")

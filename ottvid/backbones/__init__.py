@@ -34,20 +34,41 @@ def _adapter_cls(family: str):
     raise ValueError(f"family: must be one of {list(FAMILIES)}, got {family!r}")
 
 
+def official_dtype(family: str, device: str) -> torch.dtype:
+    """The official runs' dtype on CUDA (fp16 for the LLaVA family, bf16 for Qwen2.5-VL); float32 on CPU."""
+    if family not in FAMILIES:
+        raise ValueError(f"family: must be one of {list(FAMILIES)}, got {family!r}")
+    if not str(device).startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if family == "qwen2_5_vl" else torch.float16
+
+
 def load_backbone(family: str, pretrained: str | Path, method: str = "vanilla", device: str | None = None,
                   dtype: str | torch.dtype | None = None, overrides: dict[str, Any] | None = None,
-                  attn_implementation: str | None = None, **hparams: Any):
-    """Build the family's adapter around `pretrained` with compressor `method(**hparams)`."""
+                  attn_implementation: str | None = None, convert_dir: str | Path | None = None, **hparams: Any):
+    """Build the family's adapter around `pretrained` with compressor `method(**hparams)`.
+
+    `dtype` None/auto: the family's official dtype on CUDA (fp16 for LLaVA, bf16 for Qwen2.5-VL),
+    float32 on CPU. An original LLaVA-NeXT checkpoint (`lmms-lab/LLaVA-Video-7B-Qwen2`) given to
+    `llava_video` is converted once into `convert_dir` (default: the Hugging Face cache,
+    `llava_video.converted_dir`) and the converted copy is loaded.
+    """
     from .common import check_device, parse_dtype, resolve_checkpoint
-    from .llava_video import is_original_checkpoint
+    from .llava_video import ensure_converted, is_original_checkpoint
 
     cls, how = _adapter_cls(family)
     build_compressor(method, **hparams)  # ValueError on bad names/values, before any loading
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_checkpoint(str(pretrained), how)
     if is_original_checkpoint(path):
-        raise ValueError(f"pretrained: {path} is an original LLaVA-NeXT checkpoint; {how}")
+        if family != "llava_video":
+            raise ValueError(f"pretrained: {path} is an original LLaVA-NeXT checkpoint, which only "
+                             f"llava_video converts; {how}")
+        check_device(device, path)  # before minutes of conversion
+        path = ensure_converted(path, convert_dir)
     check_device(device, path)
+    if dtype in (None, "", "auto", "None"):
+        dtype = official_dtype(family, device)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     extra = {}
     if family != "qwen2_5_vl" and overrides and overrides.get("siglip_head"):
@@ -55,4 +76,4 @@ def load_backbone(family: str, pretrained: str | Path, method: str = "vanilla", 
     return cls.from_pretrained(path, device, parse_dtype(dtype, device), method, hparams, overrides, **kw, **extra)
 
 
-__all__ = ["FAMILIES", "OFFICIAL_LMMS_MODEL", "load_backbone"]
+__all__ = ["FAMILIES", "OFFICIAL_LMMS_MODEL", "load_backbone", "official_dtype"]

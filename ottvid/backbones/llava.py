@@ -17,12 +17,22 @@ documented substitute: attention-weighted mean of the selected layer's features 
 saliency as the pooling weights, i.e. a single-probe attention pooling without learned weights).
 
 Positions: sequence order (1-D `arange`), newline tokens placed from the kept (t,h,w) positions.
+
+Input protocol = the official OTT-Vid wrappers (`lmms_eval_wrappers/llava_onevision.py`, `llava_vid.py`;
+docs/protocol.md): decord frames at `np.linspace(0, n - 1, F, dtype=int)` (LLaVA-Video: its `load_video`,
+64 frames force-sampled, or 1 fps up to F frames with `force_sample=False`), LLaVA-NeXT's SigLIP
+preprocessing (PIL bicubic resize), fp16 on CUDA, and the
+prompt LLaVA-NeXT renders with the `qwen_1_5` conversation: `<image>\n` (LLaVA-NeXT's placeholder for
+the whole video, the processor's `<video>` token here) before the question, LLaVA-Video's time
+instruction between them.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,20 +41,61 @@ from .common import Adapter, Prepared, read_defaults, received_attention
 from .video import Frames, load_frames
 
 PROTOCOL_OV = {"max_frames_num": 32, "system_prompt": "You are a helpful assistant."}
-PROTOCOL_VIDEO = {"max_frames_num": 64, "system_prompt": "You are a helpful assistant."}
+# LLaVA-Video: the paper's 64 frames, force-sampled uniformly, with the time instruction (as LLaVA-Video was
+# trained and as the fixtures' official run); `force_sample=False` is the wrapper's 1 fps path (`video_fps`).
+PROTOCOL_VIDEO = {"max_frames_num": 64, "system_prompt": "You are a helpful assistant.", "force_sample": True,
+                  "time_instruction": True, "video_fps": 1}
+IMAGE_PLACEHOLDER = "<image>"  # LLaVA-NeXT's DEFAULT_IMAGE_TOKEN: where the video's tokens go in the prompt
+
+
+def llava_video_sampling(total: int, avg_fps: float, max_frames: int, fps: float = 1,
+                         force_sample: bool = True) -> tuple[list[int], str, float]:
+    """Frame indices, frame-time text and video length as LLaVA-Video's `load_video` computes them.
+
+    Every `round(avg_fps / fps)`-th frame, or `np.linspace(0, total - 1, max_frames, dtype=int)` when that
+    gives more than `max_frames` frames or `force_sample`. Times are `index / avg_fps` for the uniform
+    frames and, as the official code writes them, `index / step` for the strided ones.
+    """
+    if total <= 0 or avg_fps <= 0:
+        raise ValueError(f"video: no frames or no frame rate (frames={total}, fps={avg_fps})")
+    step = round(avg_fps / fps)
+    if step < 1:
+        raise ValueError(f"video_fps: {fps} is above the video's frame rate {avg_fps}")
+    idx = list(range(0, total, step))
+    times = [i / step for i in idx]
+    if len(idx) > max_frames or force_sample:
+        idx = np.linspace(0, total - 1, max_frames, dtype=int).tolist()
+        times = [i / avg_fps for i in idx]
+    return idx, ",".join(f"{t:.2f}s" for t in times), total / avg_fps
+
+
+@dataclass
+class LlavaVideoFrames(Frames):
+    """Frames plus the frame-time text LLaVA-Video's `load_video` writes ("0.00s,0.13s,...")."""
+
+    frame_time: str = ""
+
+
+def time_instruction(frames: Frames, frame_time: str) -> str:
+    """LLaVA-Video's frame-time instruction (official wrapper, `add_time_instruction=True`)."""
+    return (f"The video lasts for {frames.duration:.2f} seconds, and {len(frames.indices)} frames are uniformly "
+            f"sampled from it. These frames are located at {frame_time}.Please answer the following questions "
+            f"related to this video.")
+
+
 HOW_TO_GET_OV = ("download it with `huggingface-cli download llava-hf/llava-onevision-qwen2-7b-ov-hf` on a machine "
                  "with network access (or pass a local path), or use backbone=tiny_llava_onevision")
-HOW_TO_GET_VIDEO = ("download `lmms-lab/LLaVA-Video-7B-Qwen2` (`huggingface-cli download lmms-lab/LLaVA-Video-7B-Qwen2`) "
-                    "and convert it once: `python -m ottvid.backbones.llava_video convert --src <dir> --out <dir>`; "
-                    "or use backbone=tiny_llava_video")
+HOW_TO_GET_VIDEO = ("download `lmms-lab/LLaVA-Video-7B-Qwen2` (`huggingface-cli download lmms-lab/LLaVA-Video-7B-Qwen2`); "
+                    "it is converted on first use (or once by hand: `python -m ottvid.backbones.llava_video convert "
+                    "--src <dir> --out <dir>`); or use backbone=tiny_llava_video")
 
 
 class LlavaOnevisionAdapter(Adapter):
     family = "llava_onevision"
     pool_mode = "bilinear"
     newline_position = "one_token"
-    time_instruction = False
     protocol = PROTOCOL_OV
+    _siglip_pil = None  # transformers' PIL SigLIP processor, built on first use from the video processor's settings
 
     @classmethod
     def from_pretrained(cls, path: Path, device: str, dtype: torch.dtype, method: str, hparams: dict,
@@ -71,25 +122,47 @@ class LlavaOnevisionAdapter(Adapter):
 
     # ---------------------------------------------------------------- inputs
     def load(self, video_path: str) -> Frames:
+        """The official `load_video`: decord, `np.linspace(0, n - 1, 32, dtype=int)`."""
         return load_frames(video_path, num_frames=int(self.defaults["max_frames_num"]))
 
     def prompt(self, frames: Frames, question: str) -> str:
-        """qwen_1_5 conversation (the format both checkpoints were trained with, as lmms-eval prompts them)."""
-        q = question
-        if self.time_instruction:
-            times = ",".join(f"{t:.2f}s" for t in frames.timestamps)
-            q = (f"The video lasts for {frames.duration:.2f} seconds, and {len(frames.indices)} frames are uniformly "
-                 f"sampled from it. These frames are located at {times}.Please answer the following questions "
-                 f"related to this video.\n{q}")
+        """The prompt LLaVA-NeXT renders (`qwen_1_5` conversation, the format both checkpoints were trained
+        with): `<image>\n` + question as the user turn (no prefix when the question already has `<image>`)."""
+        q = question if IMAGE_PLACEHOLDER in question else f"{IMAGE_PLACEHOLDER}\n{question}"
+        return self._conversation(q)
+
+    def _conversation(self, user: str) -> str:
         sys = self.defaults.get("system_prompt")
         head = f"<|im_start|>system\n{sys}<|im_end|>\n" if sys else ""
-        return f"{head}<|im_start|>user\n{self.processor.video_token}\n{q}<|im_end|>\n<|im_start|>assistant\n"
+        return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
     def build_inputs(self, frames: Frames, question: str) -> dict:
         text = self.prompt(frames, question)
-        inputs = self.processor(text=[text], videos=[frames.pixels], return_tensors="pt")
+        if text.count(IMAGE_PLACEHOLDER) != 1:
+            raise ValueError(f"question: one video per sample, but the prompt has {text.count(IMAGE_PLACEHOLDER)} "
+                             f"{IMAGE_PLACEHOLDER} placeholders")
+        hf_text = text.replace(IMAGE_PLACEHOLDER, self.processor.video_token)
+        inputs = self.processor(text=[hf_text], videos=[frames.pixels], return_tensors="pt")
+        pv = self.siglip_pixels(frames.pixels)
+        if pv.shape != inputs["pixel_values_videos"].shape[1:]:
+            raise ValueError(f"pixel_values_videos: SigLIP preprocessing gave {tuple(pv.shape)}, the processor "
+                             f"{tuple(inputs['pixel_values_videos'].shape[1:])}")
+        inputs["pixel_values_videos"] = pv[None]
         inputs["prompt"] = text
         return inputs.to(self.device)
+
+    def siglip_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> (T, 3, S, S) float32 as LLaVA-NeXT's `SigLipImageProcessor` makes them:
+        PIL bicubic resize to S x S, rescale, normalise (transformers' PIL SigLIP processor; the video
+        processor's torchvision resize differs by one uint8 level on ~0.1% of the pixels)."""
+        if self._siglip_pil is None:
+            from transformers import SiglipImageProcessorPil
+
+            vp = self.processor.video_processor
+            self._siglip_pil = SiglipImageProcessorPil(
+                size={"height": vp.size["height"], "width": vp.size["width"]}, image_mean=list(vp.image_mean),
+                image_std=list(vp.image_std), rescale_factor=vp.rescale_factor)
+        return self._siglip_pil(images=list(pixels), return_tensors="pt")["pixel_values"]
 
     # ---------------------------------------------------------------- encoding
     def _layer_index(self) -> int:
@@ -162,27 +235,42 @@ class LlavaOnevisionAdapter(Adapter):
         return torch.einsum("tp,tpc->tc", rec, sel.float())
 
     # ---------------------------------------------------------------- splice
-    def visual_sequence(self, out: CompressedTokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compressed tokens with this model's newline tokens; also returns which rows are newlines."""
+    def visual_sequence(self, out: CompressedTokens, num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compressed tokens with this model's newline tokens; also returns which rows are newlines.
+
+        one_token (LLaVA-OV): one `image_newline` after the video. grid (LLaVA-Video), as the official
+        compressed LLaVA-Video path places them: a newline after every run of consecutive tokens in the
+        same (t, h) row, and a frame of the `num_frames` left with no token at all still gets one newline,
+        where its tokens would have been.
+        """
         nl = self.model.model.image_newline.to(out.features.dtype)
+        dev = out.features.device
         if self.newline_position == "one_token":
             seq = torch.cat([out.features, nl[None]], dim=0)
-            is_nl = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+            is_nl = torch.zeros(seq.shape[0], dtype=torch.bool, device=dev)
             is_nl[-1] = True
             return seq, is_nl
-        # "grid": a newline after every run of consecutive tokens in the same (t, h) row
-        p = out.positions.to(out.features.device)
-        row = p[:, 0] * (p[:, 1].max() + 1 if p.numel() else 1) + p[:, 1]
+        p = out.positions.to(dev)
+        M = out.count
+        t = p[:, 0]
+        row = t * (p[:, 1].max() + 1 if M else 1) + p[:, 1]
         end = torch.ones_like(row, dtype=torch.bool)
         end[:-1] = row[1:] != row[:-1]
-        M = out.count
-        slot = torch.arange(M, device=p.device) + torch.cumsum(end.long(), 0) - end.long()  # index of each token
-        total = M + int(end.sum())
-        seq = nl.expand(total, -1).clone()
-        seq[slot] = out.features
-        is_nl = torch.ones(total, dtype=torch.bool, device=p.device)
-        is_nl[slot] = False
-        return seq, is_nl
+        # order keys: token i -> 3i, the row newline after it -> 3i + 1, the newline of an empty frame f
+        # -> 3k - 1 with k the number of tokens before frame f (frames ordered by their running maximum)
+        T = int(num_frames) if num_frames is not None else (int(t.max()) + 1 if M else 0)
+        present = torch.zeros(T, dtype=torch.bool, device=dev)
+        present[t[t < T]] = True
+        empty = (~present).nonzero().flatten()
+        before = torch.searchsorted(torch.cummax(t, 0).values.contiguous(), empty.contiguous(), right=False) if M \
+            else torch.zeros_like(empty)
+        i = torch.arange(M, device=dev)
+        keys = torch.cat([3 * i, 3 * i[end] + 1, 3 * before - 1])
+        items = torch.cat([out.features, nl.expand(int(end.sum()) + empty.numel(), -1)])
+        is_nl = torch.cat([torch.zeros(M, dtype=torch.bool, device=dev),
+                           torch.ones(int(end.sum()) + empty.numel(), dtype=torch.bool, device=dev)])
+        order = torch.sort(keys, stable=True).indices
+        return items[order], is_nl[order]
 
     def splice(self, inputs: dict, video: VideoTokens, out: CompressedTokens) -> Prepared:
         ids = inputs["input_ids"][0]
@@ -190,7 +278,7 @@ class LlavaOnevisionAdapter(Adapter):
         s, e = int(vid[0]), int(vid[-1]) + 1
         embed = self.language_model().get_input_embeddings()
         text = embed(ids[None])
-        seq, is_nl = self.visual_sequence(out)
+        seq, is_nl = self.visual_sequence(out, video.num_frames)
         embeds = torch.cat([text[:, :s], seq.to(text.dtype)[None], text[:, e:]], dim=1)
         L = embeds.shape[1]
         pos = torch.arange(L, device=ids.device)[None]
@@ -207,8 +295,28 @@ class LlavaVideoAdapter(LlavaOnevisionAdapter):
     family = "llava_video"
     pool_mode = "average"
     newline_position = "grid"
-    time_instruction = True
     protocol = PROTOCOL_VIDEO
+
+    def load(self, video_path: str) -> Frames:
+        """The official LLaVA-Video `load_video` (decord, one thread): `llava_video_sampling`."""
+        from decord import VideoReader, cpu
+
+        d = self.defaults
+        vr = VideoReader(str(video_path), ctx=cpu(0), num_threads=1)
+        total, avg_fps = len(vr), float(vr.get_avg_fps())
+        idx, frame_time, _ = llava_video_sampling(total, avg_fps, int(d["max_frames_num"]), float(d["video_fps"]),
+                                                  bool(d["force_sample"]))
+        return LlavaVideoFrames(pixels=vr.get_batch(idx).asnumpy(), indices=idx, timestamps=[i / avg_fps for i in idx],
+                                native_fps=avg_fps, total_frames=total, frame_time=frame_time)
+
+    def prompt(self, frames: Frames, question: str) -> str:
+        """`<image>\n` + the time instruction (`time_instruction=True`) + `\n` + question, as the official
+        wrapper writes it, in the `qwen_1_5` conversation."""
+        q = question
+        if self.defaults.get("time_instruction", True):
+            ft = getattr(frames, "frame_time", None) or ",".join(f"{t:.2f}s" for t in frames.timestamps)
+            q = f"{time_instruction(frames, ft)}\n{q}"
+        return self._conversation(f"{IMAGE_PLACEHOLDER}\n{q}")
 
     @classmethod
     def _check_config(cls, config, path: Path) -> None:

@@ -8,15 +8,19 @@ projector and a learned `image_newline`. That is architecturally the transformer
 
     python -m ottvid.backbones.llava_video convert --src <local LLaVA-Video-7B-Qwen2> --out <dir>
 
-streams the shards with renamed keys (no model is instantiated), writes a `LlavaOnevisionConfig`
-with an `ottvid_llava_video` block, and a processor (the checkpoint's tokenizer plus `<image>` and
+(or nothing: `load_backbone("llava_video", "lmms-lab/LLaVA-Video-7B-Qwen2")` converts on first use into
+`converted_dir()`, atomically, and reuses the result) streams the shards with renamed keys (no model is instantiated), writes a `LlavaOnevisionConfig`
+with an `ottvid_llava_video` block, copies the checkpoint's `generation_config.json`, and a processor (the checkpoint's tokenizer plus `<image>` and
 `<video>` tokens, SigLIP 384 px image/video processors, the qwen_1_5 chat template).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -193,7 +197,58 @@ def convert(src: str | Path, out: str | Path, image_size: int | None = None) -> 
     cfg.ottvid_llava_video = dict(LLAVA_VIDEO_BLOCK, source=str(src))
     cfg.architectures = ["LlavaOnevisionForConditionalGeneration"]
     cfg.save_pretrained(out)
+    if (src / "generation_config.json").exists():  # the checkpoint's decoding defaults travel with it
+        shutil.copyfile(src / "generation_config.json", out / "generation_config.json")
     _processor(tok, vis["image_size"], cfg.image_grid_pinpoints).save_pretrained(out)
+    return out
+
+
+CONVERT_VERSION = "2"  # bump when `convert` changes: cached conversions of another version are redone
+_DONE = ".ottvid_converted"
+
+
+def converted_dir(root: str | Path | None = None) -> Path:
+    """Where on-first-use conversions live: `root`, else `$HF_HOME/ottvid/llava_video` (next to the hub cache)."""
+    if root is not None:
+        return Path(root).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "ottvid" / "llava_video"
+
+
+def ensure_converted(src: str | Path, root: str | Path | None = None) -> Path:
+    """The converted copy of the original checkpoint `src`, converting it once if needed.
+
+    One directory per source snapshot (its resolved path names the hub revision), written to a private
+    temporary directory and renamed into place when complete, so an interrupted or concurrent conversion
+    never leaves a half-written checkpoint that a later run would load.
+    """
+    src = Path(src).resolve()
+    if not is_original_checkpoint(src):
+        raise ValueError(f"src: {src} is not a LLaVA-NeXT llava_qwen checkpoint (config.json model_type 'llava')")
+    tag = hashlib.sha256(f"{src}|{CONVERT_VERSION}".encode()).hexdigest()[:12]
+    name = src.parent.parent.name.split("--")[-1] if src.parent.name == "snapshots" else src.name
+    out = converted_dir(root) / f"{name}-{tag}"
+    stamp = f"{CONVERT_VERSION}\n{src}\n"
+    if (out / _DONE).exists() and (out / _DONE).read_text() == stamp:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        convert(src, tmp)
+        (tmp / _DONE).write_text(stamp)
+        if out.exists():  # a stale or foreign copy (another version, or a concurrent run that finished first)
+            if (out / _DONE).exists() and (out / _DONE).read_text() == stamp:
+                return out
+            shutil.rmtree(out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # a concurrent conversion renamed its copy in first
+            if not ((out / _DONE).exists() and (out / _DONE).read_text() == stamp):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -165,26 +165,34 @@ def _build_llava_onevision(out: Path) -> None:
     _write_defaults(out, {"max_frames_num": 6})
 
 
-def _build_llava_video(out: Path) -> None:
-    """Write an original-format (LLaVA-NeXT `llava_qwen`) tiny checkpoint, then convert it."""
+def build_original_llava_video(src: str | Path) -> Path:
+    """Write a tiny LLaVA-Video checkpoint in the original LLaVA-NeXT (`llava_qwen`) layout at `src`:
+    what `lmms-lab/LLaVA-Video-7B-Qwen2` looks like on the hub, in miniature."""
+    from safetensors.torch import save_file
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from .llava_video import convert, hf_to_original_state_dict, original_config_from_hf
+    from .llava_video import hf_to_original_state_dict, original_config_from_hf
 
+    src = Path(src)
+    src.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(_LLAVA_SPECIALS[:3], _LLAVA_TEMPLATE)  # LLaVA-Video's tokenizer has no <image>/<video>
     cfg = _llava_config(build_tokenizer(_LLAVA_SPECIALS, _LLAVA_TEMPLATE), _LLAVA_IMAGE)
     torch.manual_seed(SEED + 1)
     model = LlavaOnevisionForConditionalGeneration(cfg)
     _reinit(model, tok)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "LLaVA-Video-tiny-Qwen2"
-        src.mkdir()
-        from safetensors.torch import save_file
+    sd = hf_to_original_state_dict(model.state_dict())
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(src / "model.safetensors"), metadata={"format": "pt"})
+    (src / "config.json").write_text(json.dumps(original_config_from_hf(cfg), indent=2))
+    tok.save_pretrained(src)
+    return src
 
-        sd = hf_to_original_state_dict(model.state_dict())
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(src / "model.safetensors"), metadata={"format": "pt"})
-        (src / "config.json").write_text(json.dumps(original_config_from_hf(cfg), indent=2))
-        tok.save_pretrained(src)
+
+def _build_llava_video(out: Path) -> None:
+    """Write an original-format (LLaVA-NeXT `llava_qwen`) tiny checkpoint, then convert it."""
+    from .llava_video import convert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = build_original_llava_video(Path(tmp) / "LLaVA-Video-tiny-Qwen2")
         convert(src, out, image_size=_LLAVA_IMAGE)
     _write_defaults(out, {"max_frames_num": 6})
 
