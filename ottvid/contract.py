@@ -16,9 +16,10 @@ def _check(cond: bool, arg: str, msg: str) -> None:
 class VideoTokens:
     """Post-projector visual tokens of one video, as the LLM would see them.
 
-    features: (T, N, D) frame-major, grid row-major; saliency: (T, N), rows sum to 1;
+    features: (T, N, D) frame-major, grid row-major; saliency: (T, N), non-negative, rows sum to 1;
     encoder_features: (T, N, De) pre-projector features; frame_features: (T, Df)
-    one global feature per frame; timestamps: (T,) seconds.
+    one global feature per frame; timestamps: (T,) seconds. Every tensor must be finite;
+    a bad shape or value raises ValueError naming the field.
     """
 
     features: torch.Tensor
@@ -51,6 +52,26 @@ class VideoTokens:
         if self.timestamps is not None:
             ts = self.timestamps
             _check(torch.is_tensor(ts) and tuple(ts.shape) == (T,), "timestamps", f"expected shape ({T},), got {_shape(ts)}")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Values every method relies on (after the shape checks): finite tensors, and saliency a
+        distribution per frame (non-negative, rows summing to 1 within the dtype's rounding)."""
+        for name in ("features", "saliency", "encoder_features", "frame_features", "timestamps"):
+            x = getattr(self, name)
+            if x is not None and x.is_floating_point() and not bool(torch.isfinite(x.detach()).all()):
+                raise ValueError(f"{name}: {int((~torch.isfinite(x.detach())).sum())} non-finite value(s) (NaN or inf)")
+        s = self.saliency.detach()
+        _check(s.is_floating_point(), "saliency", f"expected a float tensor, got {s.dtype}")
+        if not bool((s >= 0).all()):
+            raise ValueError(f"saliency: negative values (min {float(s.min()):.3g}); expected a distribution over "
+                             "the N tokens of each frame")
+        err = (s.float().sum(-1) - 1).abs()
+        tol = max(1e-3, 4 * torch.finfo(s.dtype).eps)
+        if not bool((err <= tol).all()):
+            worst = int(err.argmax())
+            raise ValueError(f"saliency: rows must sum to 1 (within {tol:.1e}); frame {worst} sums to "
+                             f"{float(s[worst].float().sum()):.6g}")
 
     @property
     def num_frames(self) -> int:

@@ -9,7 +9,10 @@ Rows of an ablation are named by the knobs its sub-grid varies (e.g. `ottvid (ta
 their paired test is against OTT-Vid's default setting. Every row the paper prints is followed by
 its published numbers (results/paper/published.csv) in the same columns; the CSV carries them as
 `paper:<column>`. Writes results/tables/<experiment>.{md,csv,tex}, <experiment>_delta.md
-(reproduced minus published) and <experiment>_long.csv. Missing cells print as "—", never as 0.
+(reproduced minus published) and <experiment>_long.csv. Missing cells print as "—", never as 0;
+a stored cell that failed, or where some samples failed, prints as `failed` / `incomplete (k/n
+failed)` and stays out of the averages unless `include_incomplete=true` (then flagged ‡). Two
+benchmarks filling one column is an error.
 
 `scale=demo` (see runners/sweep.py) aggregates the demo-scale cells of the same grid (tiny
 backbones, synthetic shards) into results/tables/demo/, with a header saying so; the published
@@ -107,8 +110,29 @@ def collect(argv: list[str]):
             k = o.partition("=")[0]
             if k not in GRID_AXES and k in cell.hparams:
                 knobs[k] = cell.hparams[k]
-        recs.append((cell, rec if rec and rec.get("status") == "done" else None, knobs))
+        recs.append((cell, rec if rec and rec.get("status") in ("done", "incomplete", "failed") else None, knobs))
     return base, recs
+
+
+OPT_IN = "include_incomplete"  # aggregate-only key: `include_incomplete=true` puts incomplete cells' scores in
+
+
+def _state(rec: dict | None) -> str:
+    """What a stored cell that is not in the table shows instead of a score ("" if it is in)."""
+    if rec is None or rec.get("status") == "done":
+        return ""
+    if rec.get("n_failed") is not None and rec.get("n_samples"):
+        return f"{rec['status']} ({rec['n_failed']}/{rec['n_samples']} failed)"
+    return "failed"
+
+
+def _check_columns(df: pd.DataFrame) -> None:
+    """Two benchmarks filling one table column (e.g. mvbench and its synthetic twin) is an error."""
+    for (bb, col), g in df.groupby(["backbone", "column"], sort=False):
+        names = sorted(set(g.benchmark))
+        if len(names) > 1:
+            raise CellError(f"benchmarks {names} both fill column {col!r} of backbone {bb!r}: one table column takes "
+                            f"one benchmark (aggregate them in separate experiments or grids)")
 
 
 def _setting(cell) -> str:
@@ -125,22 +149,30 @@ def _f(v) -> str:
 def build(argv: list[str]) -> dict:
     from .sweep import scale_of
 
+    opt = [a for a in argv if a.lstrip("+").partition("=")[0] == OPT_IN]
+    argv = [a for a in argv if a not in opt]
+    include_incomplete = bool(opt) and opt[-1].partition("=")[2].lower() in ("true", "1", "yes")
     base, recs = collect(argv)
     scale = scale_of(argv)
     exp = str(base.experiment_name)
     long = []
-    for cell, rec, knobs in recs:
+    for cell, stored, knobs in recs:
         b = cell.benchmark
+        ok = stored is not None and (stored["status"] == "done" or (include_incomplete and stored["status"] == "incomplete"))
+        rec = stored if ok else None
         row = {"backbone": cell.backbone["name"], "method": cell.method, "retention": cell.retention,
                "setting": _setting(cell), "knobs": ",".join(f"{k}={_f(v)}" for k, v in knobs.items()),
                "tiny": bool(cell.backbone.get("tiny")), "column": b["column"], "family": b["family"], "benchmark": b["name"],
                "score": rec["score"] if rec else math.nan, "n": rec["n"] if rec else 0,
                "scores": rec["per_sample"]["scores"] if rec else None,
                "groups": rec["per_sample"].get("groups") if rec else None,
-               "stats": rec.get("stats_summary") if rec else None}
+               "stats": rec.get("stats_summary") if rec else None,
+               "state": _state(stored) if rec is None else ("" if stored["status"] == "done" else _state(stored))}
         row["ci_lo"], row["ci_hi"] = bootstrap_ci(row["scores"], row["groups"]) if rec else (math.nan, math.nan)
         long.append(row)
     df = pd.DataFrame(long)
+    if len(df):
+        _check_columns(df)
     rowkey = ["backbone", "method", "retention", "setting"]
     # vanilla score per (backbone, column)
     van = {(r.backbone, r.column): r.score for r in df[df.method == "vanilla"].itertuples()}
@@ -178,6 +210,7 @@ def build(argv: list[str]) -> dict:
         for c, r in by.items():
             rec[(r.backbone, c)] = r.score
             rec[(r.backbone, c, "ci")] = (r.ci_lo, r.ci_hi)
+            rec[(r.backbone, c, "state")] = r.state
         for s in ("ttft_ms", "compress_ms", "vision_ms", "prefill_ms", "peak_mem_gb", "tflops"):
             vals = [r.stats[s]["mean"] for r in by.values() if r.stats and s in r.stats]
             if vals:
@@ -285,6 +318,9 @@ def render(t: dict) -> tuple[str, pd.DataFrame, str]:
             isbest = r["method"] != "vanilla" and not (isinstance(v, float) and math.isnan(v)) and \
                 v == best.get((col, r["retention"]))
             txt = _cell_txt(v, ci, isbest)
+            state = r.get((*col, "state"))
+            if state:  # a stored cell with failed samples: out of the table, or in it flagged (include_incomplete)
+                txt = state if txt == "—" else f"{txt} ‡{state}"
             if col[1].endswith("_avg") and col[0] == r["backbone"] and r.get(col[1] + "_undefined") and txt != "—":
                 txt += "†"
             cells_txt.append(txt)
@@ -369,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     name = "table1" if exp == "demo" else exp
     note = ("Scores: accuracy / mIoU (%) with 95% bootstrap intervals; Avg. (%) relative to this run's own "
             "vanilla; **bold** = best per retention; p: paired bootstrap vs OTT-Vid on the same samples; "
-            "— = missing; † = averaged over the benchmarks where our vanilla scores above 0 (on a benchmark "
+            "— = never run; `failed` / `incomplete (k/n failed)` = run, but the cell or k of its n samples failed "
+            "(listed in its JSON): left out of the table and its averages unless `include_incomplete=true`, which "
+            "puts an incomplete cell's score in (failed samples count as wrong) flagged ‡; † = averaged over the benchmarks where our vanilla scores above 0 (on a benchmark "
             "where vanilla scores 0, retention is undefined).\n")
     src = header(t)
     store.atomic_write_text(out / f"{name}.md", f"# {name}\n\n{src}{note}\n{md}\n")

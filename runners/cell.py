@@ -26,6 +26,12 @@ BASE_KEYS = {"retention", "seed", "limit", "batch_size", "force", "dry_run", "re
              "tables_dir"}
 
 
+# Keys of the backbone / benchmark groups the harness reads; any other key would change nothing.
+BACKBONE_KEYS = {"name", "family", "model", "pretrained", "tiny", "device", "dtype", "max_frames_num", "fps", "vtg",
+                 "fastvid_variant", "prompt_model", "model_args"}
+BENCHMARK_KEYS = {"name", "task", "metric", "scale", "family", "column", "synthetic", "include_defaults", "model_args"}
+
+
 class CellError(ValueError):
     """An invalid cell (bad override); raised before any model work."""
 
@@ -123,6 +129,7 @@ def resolve_cell(cfg: DictConfig) -> Cell:
     if method not in methods:
         raise CellError(_choices(f"unknown method {method!r}", methods))
     hp_names = list(ottvid.method_params(method))
+    _reject_no_ops(c, method, hp_names)
     unknown = sorted(k for k in c if k not in BASE_KEYS and k not in hp_names)
     if unknown:
         raise CellError(_choices(f"unknown hyperparameter(s) {unknown} for method {method!r}", hp_names))
@@ -163,6 +170,26 @@ def resolve_cell(cfg: DictConfig) -> Cell:
     return Cell(backbone=bk, method=method, hparams=resolved, benchmark=bm, seed=int(c.get("seed", 0)),
                 limit=limit, batch_size=int(c.get("batch_size", 1)), experiment=str(c.get("experiment_name", "adhoc")),
                 model_args_extra={**(bk.get("model_args") or {}), **(bm.get("model_args") or {})})
+
+
+def _reject_no_ops(c: dict, method: str, hp_names: list[str]) -> None:
+    """A key the harness never reads (e.g. `+method.gamma=0.5`, which leaves gamma at its default)
+    is an error naming the spelling that does what was meant."""
+    for k, v in (c.get("method") or {}).items():
+        if k == "name":
+            continue
+        if k in hp_names:
+            raise CellError(f"method.{k}={v} changes nothing: hyperparameters are top-level keys; write {k}={v}")
+        raise CellError(_choices(f"method.{k}={v} changes nothing: the method group only takes `name`, and {k!r} "
+                                 f"is not a hyperparameter of {method!r}", hp_names))
+    for group, allowed in (("backbone", BACKBONE_KEYS), ("benchmark", BENCHMARK_KEYS)):
+        extra = sorted(set(c.get(group) or {}) - allowed)
+        if extra:
+            k = extra[0]
+            hint = f"; a hyperparameter is a top-level key ({k}=...)" if k in hp_names else \
+                f"; extra plugin arguments go under {group}.model_args.{k}"
+            raise CellError(_choices(f"{group}.{k} changes nothing: the harness reads only these {group} keys"
+                                     + hint, sorted(allowed)))
 
 
 def _params_dict(compressor: Any, names: list[str], given: dict) -> dict:

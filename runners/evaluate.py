@@ -3,8 +3,10 @@
 Hydra multirun sweeps any axis, on any launcher, with one W&B group per sweep:
     python -m runners.evaluate -m method=ottvid retention=0.1,0.25 tau_b=0.1,0.3
     python -m runners.evaluate -m hydra/launcher=slurm benchmark=mvbench,videomme method=ottvid,fastvid
-Done cells are skipped (force=true re-runs); a failing cell is stored as failed and the sweep
-goes on; dry_run=true validates and prints the cell without evaluating it.
+Done cells are skipped (force=true re-runs); a failing cell is stored as failed (one with
+failed samples as incomplete) and the sweep goes on; the exit status is non-zero when a cell
+failed or is incomplete (a busy cell, claimed by another process, exits 0 with `[busy]`);
+dry_run=true validates and prints the cell without evaluating it.
 """
 from __future__ import annotations
 
@@ -55,7 +57,23 @@ def main(cfg: DictConfig) -> str:
     if rec and rec.get("error"):
         msg += f"  error={rec['error']}"
     print(msg, flush=True)
+    if outcome in ("failed", "incomplete"):
+        if _multirun():  # Hydra runs the other jobs, then fails the sweep (non-zero exit)
+            raise CellFailed(msg)
+        raise SystemExit(1)
     return outcome
+
+
+class CellFailed(RuntimeError):
+    """A cell of a multirun failed or is incomplete (its record says why)."""
+
+
+def _multirun() -> bool:
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return False
+    return hc.mode is not None and hc.mode.name == "MULTIRUN"
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import preflight
 from .cell import Cell
 from .lmms_prompts import prompt_model
-from .scoring import sample_scores
+from .scoring import sample_scores, score_from_samples
 from .store import REPO_ROOT
 
 TASKS_DIR = REPO_ROOT / "tasks"
@@ -32,6 +33,7 @@ def task_manager(include_defaults: bool, model_name: str | None = None):
     if key not in _TASK_MANAGERS:
         base = _TASK_MANAGERS.get((include_defaults, None))
         if base is None:
+            preflight.hf_home()  # before any task util reads HF_HOME
             from lmms_eval.tasks import TaskManager
 
             base = _TASK_MANAGERS[(include_defaults, None)] = TaskManager(
@@ -40,35 +42,6 @@ def task_manager(include_defaults: bool, model_name: str | None = None):
         tm.model_name = model_name
         _TASK_MANAGERS[key] = tm
     return _TASK_MANAGERS[key]
-
-
-def dataset_repos(task: str, tm) -> list[str]:
-    """Hugging Face dataset repos a task (or every subtask of a group) reads, from its lmms-eval config."""
-    cfg = tm._get_config(task)
-    if tm.task_index[task]["type"] == "group":
-        subs = [t if isinstance(t, str) else t.get("task") for t in cfg.get("task", [])]
-        return sorted({r for sub in subs for r in dataset_repos(sub, tm)})
-    path = cfg.get("dataset_path")
-    return [path] if isinstance(path, str) and path.count("/") == 1 and not Path(path).exists() else []
-
-
-def check_dataset(task: str, tm) -> None:
-    """Fail fast, before any model loads, when a hub-hosted benchmark is not cached and we are offline."""
-    from ottvid.backbones.common import env_flag
-
-    if not (env_flag("HF_DATASETS_OFFLINE") or env_flag("HF_HUB_OFFLINE")):
-        return
-    from huggingface_hub import snapshot_download
-
-    for repo in dataset_repos(task, tm):
-        try:
-            snapshot_download(repo, repo_type="dataset", local_files_only=True)
-        except Exception:
-            raise FileNotFoundError(
-                f"benchmark {task!r}: dataset {repo!r} is not in the local Hugging Face cache and the hub is off "
-                f"(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE = 1). Download it once with network access: rerun with "
-                f"HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 (after `huggingface-cli login` and accepting the dataset's "
-                f"terms on huggingface.co/datasets/{repo} if it is gated).") from None
 
 
 def pretrained_path(cell: Cell) -> str:
@@ -108,12 +81,14 @@ def evaluate(cell: Cell) -> dict:
         generate()  # idempotent; seconds on first use
         _SHARDS_READY = True
     tm = task_manager(bool(cell.benchmark.get("include_defaults", True)), prompt_model(cell.backbone))
-    check_dataset(cell.benchmark["task"], tm)
+    preflight.check({cell.benchmark["name"]: cell.benchmark["task"]}, tm)
     t0 = time.time()
     lm = load_model(cell)
     t_load = time.time() - t0
     stats = getattr(lm, "sample_stats", None)
     n_before = len(stats) if isinstance(stats, list) else 0
+    fails = getattr(lm, "sample_failures", None)
+    f_before = len(fails) if isinstance(fails, list) else 0
     t1 = time.time()
     res = simple_evaluate(model=lm, tasks=[cell.benchmark["task"]], task_manager=tm, limit=cell.limit,
                           log_samples=True, batch_size=cell.batch_size, bootstrap_iters=0,
@@ -129,23 +104,38 @@ def evaluate(cell: Cell) -> dict:
     task = cell.benchmark["task"]
     # a group task (MVBench: 20 subtasks) logs samples per subtask
     subtasks = [t for t in samples if t != task] if task not in samples else [task]
+    failed = list(fails[f_before:]) if isinstance(fails, list) else []
+    for f in failed:
+        f["id"] = f"{'' if f['task'] == task else f['task'] + '/'}{f['doc_id']}"
     scores, groups, responses = {}, {}, {}
     for t in sorted(subtasks):
         prefix = "" if t == task else f"{t}/"
         sc, gr = sample_scores(samples[t], metric, prefix)
+        if t != task and not gr:  # a group's score is the mean of its subtasks' (MVBench): group by subtask
+            gr = {d: t for d in sc}
         scores.update(sc)
         groups.update(gr)
         for s in samples[t]:
             r = s.get("filtered_resps") or s.get("resps")
             responses[f"{prefix}{s['doc_id']}"] = r[0] if isinstance(r, list) and r else r
     value = _headline(results, task, subtasks, metric)
+    score = None if value is None else value * float(cell.benchmark.get("scale", 1.0))
+    if failed:  # a failed sample counts as wrong, whatever the task's extractor makes of its empty answer
+        for f in failed:
+            scores[f["id"]] = 0.0
+            if groups:
+                groups.setdefault(f["id"], f["task"])
+        score = score_from_samples(scores, groups or None)
     per_sample = list(stats[n_before:]) if isinstance(stats, list) else []
     return {
         "metrics": {t: {k: v for k, v in m.items() if _is_number(v)} for t, m in results.items()},
         "metric": metric,
         "metric_value": value,
-        "score": None if value is None else value * float(cell.benchmark.get("scale", 1.0)),
+        "score": score,    # = lmms-eval's score (x scale), except that failed samples count as wrong
         "n": len(scores),
+        "n_samples": len(responses),
+        "failed_samples": failed,
+        "n_failed": len(failed),
         "per_sample": {"scores": scores, "groups": groups or None, "responses": responses},
         "sample_stats": per_sample,
         "stats_summary": summarize_stats(per_sample),

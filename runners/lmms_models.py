@@ -17,7 +17,9 @@ run's, `OFFICIAL_LMMS_MODEL`; `none`: lmms-eval's defaults). Requests lmms-eval 
 name (the plugin's registered `ottvid_*` name on the CLI) are re-resolved (runners/lmms_prompts.py).
 The task context reaches the model as lmms-eval gives it (only `<image>` placeholders removed, as the
 official wrappers do; never stripped). Every generated sample appends one dict to `sample_stats`,
-including the prompt text the model received (`prompt_text`).
+including the prompt text the model received (`prompt_text`); a sample that fails (missing, truncated or
+undecodable video, a task util calling `sys.exit`) answers `FAILED_RESPONSE` and appends
+{doc_id, task, path, error} to `sample_failures` instead, and the other samples go on.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from typing import Any
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
+
+# the response of a sample that failed (no answer): every task's extractor finds no option or time span in it
+FAILED_RESPONSE = ""
 
 # keys that configure the adapter rather than the compressor
 _ADAPTER_KEYS = {"pretrained", "method", "device", "dtype", "seed", "max_frames_num", "fps", "max_pixels",
@@ -110,6 +115,7 @@ class OttvidModel(lmms):
         self.prompt_model = OFFICIAL_LMMS_MODEL[self.family] if pm == "official" else (
             None if pm in (None, "", "none", "default") else str(pm))
         self._prompt_views: dict = {}
+        self.sample_failures: list[dict] = []  # {doc_id, task, path, error} of each sample that failed
         self._rank, self._world_size = 0, 1
 
     @property
@@ -132,24 +138,34 @@ class OttvidModel(lmms):
             req.arguments = official_request(req.args, self.task_dict, self.prompt_model, self._prompt_views)
         out = []
         if self.warmup and requests:
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[0].args
-            videos = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if isinstance(v, str)]
-            q = model_context(context)
-            for _ in range(self.warmup if len(videos) == 1 else 0):
-                self.adapter.generate(videos[0], q, max_new_tokens=1)
+            try:  # a first sample that fails is recorded below, with the others
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[0].args
+                videos = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if isinstance(v, str)]
+                q = model_context(context)
+                for _ in range(self.warmup if len(videos) == 1 else 0):
+                    self.adapter.generate(videos[0], q, max_new_tokens=1)
+            except (Exception, SystemExit):  # noqa: BLE001
+                pass
             self.warmup = 0
         for req in tqdm(requests, desc=f"{self.family}:{self.adapter.method}", disable=self.rank != 0):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
-            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-            videos = [v for v in (visuals or []) if isinstance(v, str)]
-            if len(videos) != 1:
-                raise ValueError(f"doc {doc_id} of {task}: expected exactly one video path, got {visuals!r}")
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else [u for u in until if u != "\n\n"]
-            max_new = int(self.max_new_tokens or gen_kwargs.get("max_new_tokens") or 128)
-            torch.manual_seed(self.seed)  # methods that draw tie-breaking noise are reproducible per sample
-            question = model_context(context)
-            text, stats = self.adapter.generate(videos[0], question, max_new_tokens=max_new, until=until)
+            videos = []
+            try:  # one bad sample (missing or undecodable video, a task util's sys.exit) must not end the cell
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+                videos = [v for v in (visuals or []) if isinstance(v, str)]
+                if len(videos) != 1:
+                    raise ValueError(f"doc {doc_id} of {task}: expected exactly one video path, got {visuals!r}")
+                until = gen_kwargs.get("until") or []
+                until = [until] if isinstance(until, str) else [u for u in until if u != "\n\n"]
+                max_new = int(self.max_new_tokens or gen_kwargs.get("max_new_tokens") or 128)
+                torch.manual_seed(self.seed)  # methods that draw tie-breaking noise are reproducible per sample
+                question = model_context(context)
+                text, stats = self.adapter.generate(videos[0], question, max_new_tokens=max_new, until=until)
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - recorded; lmms-eval scores the sample as unanswered
+                self.sample_failures.append({"doc_id": doc_id, "task": task, "path": videos[0] if videos else None,
+                                             "error": f"{type(e).__name__}: {e}"})
+                out.append(FAILED_RESPONSE)
+                continue
             stats.pop("generated_ids", None)
             self.sample_stats.append({"doc_id": doc_id, "task": task, **stats})
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)

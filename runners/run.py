@@ -1,7 +1,9 @@
 """Evaluate one cell end to end and store it: skip if done, claim, evaluate, write, log.
 
-A failing cell is written with status `failed`, its error and traceback, and the caller goes
-on with the next cell; `force=True` re-runs done cells.
+A failing cell is written with status `failed`, its error and traceback (a `sys.exit` inside
+lmms-eval or a task util included), and the caller goes on with the next cell. A cell where
+only some samples failed is `incomplete`: every failed sample is listed (doc id, video path,
+error) and counts as wrong. Only `done` cells are skipped on rerun; `force=True` re-runs them.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def now() -> str:
 
 def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict | None = None,
              wandb_group: str | None = None, config: dict | None = None) -> tuple[str, dict | None]:
-    """Returns (outcome, record): outcome in done | failed | skipped | busy."""
+    """Returns (outcome, record): outcome in done | incomplete | failed | skipped | busy."""
     path = cell_path(cell, runs_dir)
     if not force and store.is_done(path):
         return "skipped", store.read(path)
@@ -32,6 +34,8 @@ def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict
     from . import lmms_glue
 
     with claim:
+        if not force and store.is_done(path):  # finished by another sweep while we were getting here
+            return "skipped", store.read(path)
         record = {"cell": cell.as_dict(), "status": "running", "error": None, "started": now(),
                   "experiment": cell.experiment, "config": config, "versions": lmms_glue.versions(),
                   "git": lmms_glue.git_sha()}
@@ -42,8 +46,12 @@ def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict
                 raise RuntimeError(f"lmms-eval reported no {out['metric']!r} for task {cell.benchmark['task']!r}: "
                                    f"{out['metrics']}")
             record.update(out)
-            record["status"] = "done"
-        except Exception as e:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
+            record["status"] = _status(out)
+            if record["status"] != "done":
+                f = out["failed_samples"][0]
+                record["error"] = (f"{out['n_failed']} of {out['n_samples']} samples failed; first: "
+                                   f"{f['id']} ({f['path']}): {f['error']}")
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
             record["traceback"] = traceback.format_exc()
@@ -55,6 +63,14 @@ def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict
             record["wandb"] = {"error": f"{type(e).__name__}: {e}"}
         store.atomic_write_json(path, record)
     return record["status"], record
+
+
+def _status(out: dict) -> str:
+    """done: every sample answered; incomplete: some samples failed (recorded, counted as wrong);
+    failed: all of them did."""
+    if not out.get("n_failed"):
+        return "done"
+    return "failed" if out["n_failed"] >= out["n_samples"] else "incomplete"
 
 
 def _wandb(record: dict, wcfg: dict | None, group: str, runs_dir: Path):

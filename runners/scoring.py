@@ -61,3 +61,16 @@ def sample_scores(samples: list[dict], metric: str, prefix: str = "") -> tuple[d
         if group_key:
             groups[did] = str(v[group_key])
     return scores, groups
+
+
+def score_from_samples(scores: dict[str, float], groups: dict[str, str] | None) -> float | None:
+    """The benchmark score from per-sample scores: their mean, or the mean of group means where the
+    task averages groups (MLVU task types, MVBench subtasks)."""
+    if not scores:
+        return None
+    if not groups:
+        return sum(scores.values()) / len(scores)
+    by: dict[str, list[float]] = {}
+    for k, v in scores.items():
+        by.setdefault(groups.get(k, ""), []).append(v)
+    return sum(sum(v) / len(v) for v in by.values()) / len(by)

@@ -7,6 +7,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,54 +72,118 @@ def iter_runs(runs_dir: Path) -> Iterator[dict]:
             yield rec
 
 
-class Claim:
-    """An exclusive claim on a cell (`<cell>.lock`, created with O_EXCL) so that parallel jobs of
-    one sweep (SLURM arrays, duplicate cells) never evaluate the same cell twice. A claim whose
-    process is gone (same host) or that is older than `stale_s` is taken over."""
+def _process_start(pid: int) -> float | None:
+    """Start time of a live process (seconds since the epoch), None if there is no such process."""
+    import psutil
 
-    def __init__(self, path: Path, stale_s: float = 48 * 3600):
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return -1.0  # alive, start time unknown
+
+
+class Claim:
+    """An exclusive claim on a cell (`<cell>.lock`) so that parallel jobs of one sweep (SLURM arrays,
+    two sweeps sharing a results dir) never evaluate the same cell twice.
+
+    The lock file appears with its content already in it (written to a private file, then
+    hard-linked to the lock name, which fails if it exists: no empty-lock window, NFS-safe). It
+    names its holder (host, pid, the process's start time, a random token). A claim is stale, and
+    taken over, when its holder on this host is gone or its pid now belongs to another process
+    (same pid, other start time), when it is older than `stale_s`, or when it is unreadable and
+    older than `grace_s` (a crash mid-write by an older version). Take-over renames the stale file
+    away first, so two claimants cannot both take it; release removes only our own lock."""
+
+    def __init__(self, path: Path, stale_s: float = 48 * 3600, grace_s: float = 60.0):
         self.lock = path.with_suffix(".lock")
         self.stale_s = stale_s
+        self.grace_s = grace_s
         self.held = False
+        self.token = None
 
-    def _stale(self) -> bool:
-        info = read(self.lock) or {}
+    def _info(self) -> tuple[dict | None, float | None]:
+        """(lock content or None if unreadable, lock mtime or None if there is no lock)."""
+        try:
+            mtime = self.lock.stat().st_mtime
+        except FileNotFoundError:
+            return None, None
+        info = read(self.lock)
+        return (info if isinstance(info, dict) else None), mtime
+
+    def _stale(self, info: dict | None, mtime: float) -> bool:
+        if info is None:
+            return time.time() - mtime > self.grace_s
         if time.time() - float(info.get("time", 0)) > self.stale_s:
             return True
         if info.get("host") == socket.gethostname():
             try:
-                os.kill(int(info.get("pid", -1)), 0)
-            except ProcessLookupError:
+                pid = int(info.get("pid", -1))
+            except (TypeError, ValueError):
                 return True
-            except (PermissionError, ValueError):
-                return False
+            start = _process_start(pid) if pid > 0 else None
+            if start is None:
+                return True  # holder is gone
+            want = info.get("start")
+            return start >= 0 and want is not None and abs(start - float(want)) > 1.0  # pid reused
         return False
+
+    def _create(self) -> bool:
+        self.token = uuid.uuid4().hex
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+              "start": _process_start(os.getpid()), "token": self.token}
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.lock.name}.", suffix=".new", dir=self.lock.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, self.lock)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+
+    def _break(self, info: dict | None) -> None:
+        """Move a stale lock out of the way, unless it changed since we judged it stale."""
+        aside = self.lock.with_name(f".{self.lock.name}.stale.{uuid.uuid4().hex}")
+        try:
+            os.rename(self.lock, aside)
+        except FileNotFoundError:
+            return
+        now_info = read(aside)
+        same = (now_info or {}).get("token") == (info or {}).get("token")
+        if not same:  # someone claimed it in between: put their lock back
+            try:
+                os.link(aside, self.lock)
+            except FileExistsError:
+                pass
+        os.remove(aside)
 
     def acquire(self) -> bool:
         self.lock.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self._stale():
-                    try:
-                        os.remove(self.lock)
-                    except FileNotFoundError:
-                        pass
-                    continue
+        for _ in range(3):
+            if self._create():
+                self.held = True
+                return True
+            info, mtime = self._info()
+            if mtime is None:
+                continue  # released in between: try again
+            if not self._stale(info, mtime):
                 return False
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, f)
-            self.held = True
-            return True
+            self._break(info)
         return False
 
     def release(self) -> None:
         if self.held:
-            try:
-                os.remove(self.lock)
-            except FileNotFoundError:
-                pass
+            info, _ = self._info()
+            if info is not None and info.get("token") == self.token:
+                try:
+                    os.remove(self.lock)
+                except FileNotFoundError:
+                    pass
             self.held = False
 
     def __enter__(self) -> "Claim":

@@ -34,7 +34,7 @@ import ottvid
 
 from .cell import Cell, CellError, cell_path, resolve_cell
 from . import store
-from .run import now as run_now, plain_config, run_cell
+from .run import plain_config, run_cell
 from .store import REPO_ROOT, is_done, resolve_dir
 
 CONFIG_DIR = str(REPO_ROOT / "configs")
@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             state = "done" if is_done(cell_path(c, runs)) else "pending"
             print(f"  {state:7s} {c.label}")
         return 0
+    try:  # every missing dataset / video folder of every benchmark, before any model loads
+        preflight_check([c for c, _, _ in pending])
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     group = wandb_group_name(base, scale)
     launcher = opts.get("launcher", base.get("launcher", "local"))
     if launcher == "hydra":
@@ -183,6 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
+def preflight_check(cells: list[Cell]) -> None:
+    """runners.preflight over the benchmarks of these cells (synthetic shards need none)."""
+    from . import lmms_glue, preflight
+
+    by_defaults: dict[bool, dict[str, str]] = {}
+    for c in cells:
+        if not c.benchmark.get("synthetic"):
+            by_defaults.setdefault(bool(c.benchmark.get("include_defaults", True)), {})[c.benchmark["name"]] = \
+                c.benchmark["task"]
+    miss = [m for inc, b in by_defaults.items() for m in preflight.missing(b, lmms_glue.task_manager(inc))]
+    if miss:
+        raise preflight.DatasetsMissing(preflight.report(miss))
+
+
 def _local(base, pending, runs: Path, group: str, fail_fast: bool) -> int:
     from tqdm import tqdm
 
@@ -190,20 +209,30 @@ def _local(base, pending, runs: Path, group: str, fail_fast: bool) -> int:
     pending = sorted(pending, key=lambda t: (t[0].backbone["name"], t[0].method,
                                              repr(sorted(t[0].hparams.items())), t[0].benchmark["name"]))
     wcfg = OmegaConf.to_container(base.wandb, resolve=True)
-    failed = 0
+    counts = dict.fromkeys(OUTCOMES, 0)
     bar = tqdm(pending, desc=f"{base.experiment_name} cells", unit="cell", disable=not base.progress,
                file=sys.stdout, position=0)
     for cell, _, cfg in bar:
         bar.set_postfix_str(cell.label[-60:])
         outcome, rec = run_cell(cell, runs, force=bool(base.force), wandb_cfg=wcfg, wandb_group=group, config=cfg)
-        if outcome == "failed":
-            failed += 1
-            tqdm.write(f"[failed] {cell.label}: {rec.get('error')}")
+        counts[outcome] += 1
+        if outcome in ("failed", "incomplete"):
+            tqdm.write(f"[{outcome}] {cell.label}: {rec.get('error')}")
             if fail_fast:
                 break
     bar.close()
-    print(f"{len(pending) - failed} cells evaluated, {failed} failed", flush=True)
-    return 1 if failed else 0
+    print(summary(counts), flush=True)
+    return 1 if counts["failed"] or counts["incomplete"] else 0
+
+
+# what run_cell reports per cell, in the order of the summary line
+OUTCOMES = {"done": "evaluated", "incomplete": "incomplete (some samples failed)", "failed": "failed",
+            "skipped": "already done by another process", "busy": "running in another process"}
+
+
+def summary(counts: dict[str, int]) -> str:
+    """`3 evaluated, 1 incomplete (...), ...`: what this sweep did with each cell it tried."""
+    return ", ".join(f"{counts[k]} {v}" for k, v in OUTCOMES.items() if counts[k] or k in ("done", "failed"))
 
 
 def _logged_groups(rec: dict) -> set[str]:
@@ -230,8 +259,8 @@ def _log_shared_cells(base, cells: list[Cell], runs: Path, group: str) -> int:
         with store.Claim(path) as claim:
             if not claim.acquire():
                 continue
-            try:  # a fresh W&B run id (the logging time), so the cell's first run keeps its own group
-                info = log_cell(wcfg, group, {**rec, "started": run_now()}, str(Path(runs).parent / "wandb"))
+            try:  # log_cell draws a fresh W&B run id, so the cell's first run keeps its own group
+                info = log_cell(wcfg, group, rec, str(Path(runs).parent / "wandb"))
             except Exception as e:  # noqa: BLE001 - logging must not lose a result
                 info = {"error": f"{type(e).__name__}: {e}"}
             if info is None:  # W&B disabled

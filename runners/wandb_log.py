@@ -24,6 +24,14 @@ def resolve_mode(mode: str) -> str:
     return "offline"
 
 
+def run_id(key: str) -> str:
+    """A fresh W&B run id for each logging of a cell: its key plus a random suffix, so re-logging a cell
+    (a rerun, or into another experiment's group) never resumes or overwrites an earlier run."""
+    from wandb.util import generate_id
+
+    return f"{key}-{generate_id(8)}"
+
+
 def log_cell(wcfg: dict, group: str, record: dict, run_dir: str) -> dict | None:
     """Log one cell's config and metrics; returns {mode, id, group, dir} or None if disabled."""
     if not wcfg.get("enabled", True):
@@ -36,7 +44,7 @@ def log_cell(wcfg: dict, group: str, record: dict, run_dir: str) -> dict | None:
     cell = record["cell"]
     os.makedirs(run_dir, exist_ok=True)
     run = wandb.init(project=wcfg.get("project", "ottvid-harness"), entity=wcfg.get("entity"), group=group,
-                     job_type=cell["benchmark"]["name"], name=cell["label"], id=cell["key"] + "-" + record["started"][-6:].replace(":", ""),
+                     job_type=cell["benchmark"]["name"], name=cell["label"], id=run_id(cell["key"]),
                      config={"cell": cell, "key": cell["key"]}, mode=mode, dir=run_dir, reinit="finish_previous",
                      settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
     metrics: dict[str, Any] = {"status": 1.0 if record["status"] == "done" else 0.0}

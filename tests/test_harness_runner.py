@@ -3,6 +3,7 @@ plus one slow end-to-end sweep on the tiny backbone."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import ottvid
@@ -183,3 +186,125 @@ def test_demo_sweep_end_to_end_and_resume(tmp_path):
     r = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert "1 to run" in r.stdout, r.stdout[-2000:]
     assert all(f.stat().st_mtime_ns == mt[f] for f in files[1:]) and files[0].exists()
+
+
+def test_claim_survives_pid_reuse_and_the_empty_lock_window(tmp_path):
+    """A lock whose pid is alive but belongs to another process (pid reused after the holder died) is
+    stale; a lock that is still empty (another claimant between create and write) is not; a live
+    holder's lock is never taken, and releasing only removes one's own lock."""
+    p = tmp_path / "cell.json"
+    lock = p.with_suffix(".lock")
+    host = os.uname().nodename
+    # pid 1 is alive but started long before this holder did: the pid was reused
+    store.atomic_write_json(lock, {"pid": 1, "host": host, "time": 9e9, "start": 12345.0, "token": "old"})
+    c = store.Claim(p)
+    assert c.acquire(), "a claim whose pid now belongs to another process must be taken over"
+    assert json.loads(lock.read_text())["token"] == c.token
+    other = store.Claim(p)
+    assert not other.acquire()  # a live holder (this process) keeps it
+    other.release()
+    assert lock.exists()  # releasing a claim one does not hold removes nothing
+    c.release()
+    assert not lock.exists()
+    # the create-then-write window of another claimant: an empty lock just created is held
+    lock.write_text("")
+    assert not store.Claim(p).acquire() and lock.exists()
+    # ... but an empty lock left behind for longer than the grace period is stale
+    old = os.path.getmtime(lock) - 3600
+    os.utime(lock, (old, old))
+    d = store.Claim(p)
+    assert d.acquire()
+    d.release()
+    # the lock file appears with its content: no reader ever sees it empty
+    e = store.Claim(p)
+    assert e.acquire() and json.loads(lock.read_text())["pid"] == os.getpid()
+    e.release()
+    assert not list(tmp_path.glob(".*"))  # no private temporary files left behind
+
+
+def test_wandb_run_ids_never_collide_across_relogs(tmp_path, monkeypatch):
+    """Logging the same cell twice (a rerun, or into a second experiment's group, even within the same
+    second) gives two distinct W&B runs."""
+    from runners import wandb_log
+
+    _, cells, _ = plan(["experiment=demo", f"results_dir={tmp_path}"])
+    rec = _fake_run(cells[0][0], {"0": 100.0})
+    rec["started"] = "2025-01-01T00:00:00+00:00"
+    ids = [wandb_log.log_cell({"mode": "offline"}, g, rec, str(tmp_path / "wandb"))["id"] for g in ("a", "b", "a")]
+    assert len(set(ids)) == 3 and all(i.startswith(cells[0][0].key) for i in ids)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("+method.gamma=0.5", r"method.gamma=0.5 changes nothing: hyperparameters are top-level keys; write gamma=0.5"),
+    ("+method.foo=1", r"method.foo=1 changes nothing.*'foo' is not a hyperparameter of 'ottvid'; choices: .*tau_b"),
+    ("+backbone.max_frames=16", r"backbone.max_frames changes nothing.*backbone.model_args.max_frames.*max_frames_num"),
+    ("+benchmark.tau_b=0.1", r"benchmark.tau_b changes nothing.*top-level key \(tau_b=...\)"),
+])
+def test_overrides_that_change_nothing_are_rejected_with_the_right_spelling(override, needle):
+    from runners.cell import resolve_cell
+
+    def cell(*ov):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+            return resolve_cell(compose("evaluate", overrides=["method=ottvid", *ov]))
+
+    with pytest.raises(CellError, match=needle):
+        cell(override)
+    assert cell("gamma=0.5").hparams["gamma"] == 0.5  # the right spelling does what was meant
+
+
+def test_failed_and_incomplete_cells_show_as_such_and_stay_out_unless_opted_in(tmp_path):
+    args = ["experiment=demo", f"results_dir={tmp_path}"]
+    _, cells, _ = plan(args)
+    for cell, _, _ in cells:
+        sc = {str(i): float(100 * (i % 2)) for i in range(8)}
+        rec = _fake_run(cell, sc)
+        if cell.method == "ottvid" and cell.retention == 0.1:
+            if cell.benchmark["name"] == "synth_mvbench":
+                rec.update(status="incomplete", n_failed=1, n_samples=8)
+            elif cell.benchmark["name"] == "synth_videomme":
+                rec = {"cell": cell.as_dict(), "status": "failed", "error": "RuntimeError: boom"}
+        store.atomic_write_json(tmp_path / cell.filename(), rec)
+    md, df, _ = aggregate.render(aggregate.build(args))
+    line = next(x for x in md.splitlines() if x.startswith("| ottvid | 10% |"))
+    assert "incomplete (1/8 failed)" in line and "| failed |" in line
+    row = df[(df.method == "ottvid") & (df.retention == 0.1)].iloc[0]
+    assert math.isnan(row["mvbench"]) and math.isnan(row["vqa_avg"])
+    md, df, _ = aggregate.render(aggregate.build(args + ["include_incomplete=true"]))
+    line = next(x for x in md.splitlines() if x.startswith("| ottvid | 10% |"))
+    assert "50.0" in line and "‡incomplete (1/8 failed)" in line and "| failed |" in line
+    assert df[(df.method == "ottvid") & (df.retention == 0.1)].iloc[0]["mvbench"] == pytest.approx(50.0)
+
+
+def test_two_benchmarks_in_one_column_is_an_error(tmp_path):
+    args = ["experiment=demo", f"results_dir={tmp_path}",
+            "grid=[{backbone:[tiny_qwen2_5_vl],method:[vanilla],benchmark:[synth_mvbench,mvbench]}]"]
+    with pytest.raises(CellError, match=r"\['mvbench', 'synth_mvbench'\] both fill column 'mvbench'"):
+        aggregate.build(args)
+
+
+def test_sweep_counts_are_true_when_another_sweep_shares_the_results_dir(tmp_path, monkeypatch, capsys):
+    """Of three pending cells, one is being run by another sweep (its claim is held) and one is finished
+    by another sweep while this one runs: this sweep evaluates one and says so."""
+    from runners import lmms_glue, sweep
+
+    args = ["experiment=demo", f"results_dir={tmp_path}", "wandb.mode=disabled", "progress=false",
+            "grid=[{backbone:[tiny_qwen2_5_vl],method:[vanilla],benchmark:[synth_mlvu,synth_mvbench,synth_videomme]}]"]
+    base, cells, _ = plan(args)
+    by = {c.benchmark["name"]: c for c, _, _ in cells}
+    held = store.Claim(tmp_path / by["synth_mlvu"].filename())
+    assert held.acquire()  # another sweep is running this cell
+
+    def fake_evaluate(cell):  # meanwhile another sweep finishes synth_videomme
+        other = by["synth_videomme"]
+        store.atomic_write_json(tmp_path / other.filename(), _fake_run(other, {"0": 100.0}))
+        return {"metric": "x", "metrics": {}, "score": 50.0, "n": 2, "n_samples": 2, "n_failed": 0,
+                "failed_samples": [], "per_sample": {"scores": {"0": 0.0, "1": 100.0}, "groups": None}}
+
+    monkeypatch.setattr(lmms_glue, "evaluate", fake_evaluate)
+    rc = sweep._local(base, cells, tmp_path, "g", fail_fast=False)
+    held.release()
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "1 evaluated, 0 failed, 1 already done by another process, 1 running in another process" in out
+    assert store.read(tmp_path / by["synth_videomme"].filename())["score"] == 100.0  # not re-evaluated
