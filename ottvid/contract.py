@@ -59,18 +59,19 @@ class VideoTokens:
         distribution per frame (non-negative, rows summing to 1 within the dtype's rounding)."""
         for name in ("features", "saliency", "encoder_features", "frame_features", "timestamps"):
             x = getattr(self, name)
-            if x is not None and x.is_floating_point():
-                bad = int((~torch.isfinite(x)).sum())
-                _check(bad == 0, name, f"{bad} non-finite value(s) (NaN or inf)")
-        s = self.saliency
+            if x is not None and x.is_floating_point() and not bool(torch.isfinite(x.detach()).all()):
+                raise ValueError(f"{name}: {int((~torch.isfinite(x.detach())).sum())} non-finite value(s) (NaN or inf)")
+        s = self.saliency.detach()
         _check(s.is_floating_point(), "saliency", f"expected a float tensor, got {s.dtype}")
-        _check(bool((s >= 0).all()), "saliency", f"negative values (min {float(s.min()):.3g}); expected a "
-               "distribution over the N tokens of each frame")
-        sums = s.float().sum(-1)
+        if not bool((s >= 0).all()):
+            raise ValueError(f"saliency: negative values (min {float(s.min()):.3g}); expected a distribution over "
+                             "the N tokens of each frame")
+        err = (s.float().sum(-1) - 1).abs()
         tol = max(1e-3, 4 * torch.finfo(s.dtype).eps)
-        worst = int((sums - 1).abs().argmax())
-        _check(abs(float(sums[worst]) - 1) <= tol, "saliency",
-               f"rows must sum to 1 (within {tol:.1e}); frame {worst} sums to {float(sums[worst]):.6g}")
+        if not bool((err <= tol).all()):
+            worst = int(err.argmax())
+            raise ValueError(f"saliency: rows must sum to 1 (within {tol:.1e}); frame {worst} sums to "
+                             f"{float(s[worst].float().sum()):.6g}")
 
     @property
     def num_frames(self) -> int:

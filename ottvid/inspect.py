@@ -222,6 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.task and a.doc is None:
         ap.error("--task needs --doc")
 
+    try:
+        rec = run(a)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rec) if a.json else summary(rec))
+    return 0
+
+
+def run(a: argparse.Namespace) -> dict:
+    """The record for parsed command-line arguments `a`."""
     from runners.lmms_models import model_context, parse_value
 
     from .backbones import load_backbone
@@ -249,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                        dtype=a.dtype or b["dtype"], overrides=ov, **hp)
     rec = inspect_sample(ad, video, question, max_new_tokens=a.generate)
     rec.update(extra)
-    print(json.dumps(rec) if a.json else summary(rec))
-    return 0
+    return rec
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ lose its "The best answer is:").
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from ottvid.backbones import OFFICIAL_LMMS_MODEL
 
@@ -45,6 +44,11 @@ def retargeted_task(task, model_name: str | None):
             f"task {task.config.task!r} has model_specific_generation_kwargs, which lmms-eval merged into its "
             f"generation kwargs for model {task.model_name!r}; they cannot be re-resolved for {model_name!r}. "
             f"Build the task with TaskManager(model_name={model_name!r}) (the runners do).")
+    target = task.config.model_specific_target_kwargs
+    if isinstance(target, dict) and model_name in target:
+        raise ValueError(
+            f"task {task.config.task!r} has model_specific_target_kwargs for {model_name!r}, which score the "
+            f"task built under {task.model_name!r}; build the task with TaskManager(model_name={model_name!r}).")
     view = copy.copy(task)
     view._config = copy.deepcopy(task._config)
     view.model_name = model_name

@@ -283,19 +283,21 @@ def test_two_benchmarks_in_one_column_is_an_error(tmp_path):
         aggregate.build(args)
 
 
-def test_sweep_counts_are_true_when_another_sweep_shares_the_results_dir(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("share", ["true", "false"])
+def test_sweep_counts_are_true_when_another_sweep_shares_the_results_dir(tmp_path, monkeypatch, capsys, share):
     """Of three pending cells, one is being run by another sweep (its claim is held) and one is finished
-    by another sweep while this one runs: this sweep evaluates one and says so."""
+    by another sweep while this one runs: this sweep evaluates one and says so (per cell or shared)."""
     from runners import lmms_glue, sweep
 
     args = ["experiment=demo", f"results_dir={tmp_path}", "wandb.mode=disabled", "progress=false",
+            f"share_encoding={share}",
             "grid=[{backbone:[tiny_qwen2_5_vl],method:[vanilla],benchmark:[synth_mlvu,synth_mvbench,synth_videomme]}]"]
     base, cells, _ = plan(args)
     by = {c.benchmark["name"]: c for c, _, _ in cells}
     held = store.Claim(tmp_path / by["synth_mlvu"].filename())
     assert held.acquire()  # another sweep is running this cell
 
-    def fake_evaluate(cell):  # meanwhile another sweep finishes synth_videomme
+    def fake_evaluate(cell, lm=None):  # meanwhile another sweep finishes synth_videomme
         other = by["synth_videomme"]
         store.atomic_write_json(tmp_path / other.filename(), _fake_run(other, {"0": 100.0}))
         return {"metric": "x", "metrics": {}, "score": 50.0, "n": 2, "n_samples": 2, "n_failed": 0,

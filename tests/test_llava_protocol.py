@@ -69,10 +69,12 @@ def test_llava_video_sampling_without_force_sample(case):
     assert (idx, ft, length) == (exp["frame_indices"], exp["frame_time"], exp["video_time"])
 
 
-def test_prompt_tokens_are_the_video_placeholder(adapter):
+@pytest.mark.parametrize("fam", sorted(FAMILY))
+def test_prompt_tokens_are_the_video_placeholder(adapter, fam):
     """The rendered `<image>` placeholder becomes the processor's video tokens; the text around it is
-    tokenized as LLaVA-NeXT's `tokenizer_image_token` does (the chunks around the placeholder)."""
-    ad = adapter("llava_onevision")
+    tokenized as LLaVA-NeXT's `tokenizer_image_token` does (the chunks around the placeholder, so the
+    video token must not strip the newline after it)."""
+    ad = adapter(fam)
     frames = ad.load(str(PROTO / "videos" / "v320x240_10fps_2s.mp4"))
     inp = ad.build_inputs(frames, QUESTIONS["vqa"])
     ids = inp["input_ids"][0].tolist()
@@ -249,3 +251,13 @@ def test_llava_pixels_follow_llava_next_siglip_preprocessing(adapter, video):
                                       1 / 255, data_format=first), [0.5] * 3, [0.5] * 3, data_format=first)
                     for f in frames.pixels])
     torch.testing.assert_close(pv, torch.from_numpy(ref), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fam", ["llava_onevision", "llava_video"])
+def test_cuda_default_dtype_is_fp16(tmp_path, fam):
+    ad = load_backbone(fam, build_tiny(fam, tmp_path), method="ottvid", retention=0.25, device="cuda")
+    assert ad.dtype == torch.float16
+    text, st = ad.generate(str(PROTO / "videos" / "v320x240_10fps_2s.mp4"), QUESTIONS["vqa"], max_new_tokens=3)
+    assert st["tokens_out"] < st["tokens_in"]

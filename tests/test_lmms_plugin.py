@@ -134,6 +134,7 @@ def test_context_reaches_model_unstripped(mvbench_shard):
     prompt = model.sample_stats[0]["prompt_text"]
     assert prompt.endswith(f"<|vision_end|>{context}<|im_end|>\n<|im_start|>assistant\n")
 
+
 def test_cli_task_manager_gets_official_prompts(tmp_path):
     """What `python -m lmms_eval --model ottvid_llava_video` does: tasks built under the plugin's name
     (TaskManager(model_name="ottvid_llava_video")); the model gets, and lmms-eval logs, the `llava_vid`

@@ -58,7 +58,7 @@ def test_prompt_for_official_model_name(task_configs, task_name, model):
     """The runners' path: tasks built with the official run's model name (TaskManager(model_name=...))."""
     exp = PROMPTS[task_name][model]
     task = _offline_task(task_configs[task_name], _model(model), exp["split"], exp["doc"])
-    ctx, gen_kwargs, doc_to_visual, doc_id, name, split = _request(task)
+    ctx, gen_kwargs, _, doc_id, _, split = _request(task)
     assert ctx == exp["context"]
     assert gen_kwargs == exp["generation_kwargs"]
     assert task.lmms_eval_specific_kwargs == exp["lmms_eval_specific_kwargs"]
@@ -127,3 +127,20 @@ def test_runner_builds_tasks_for_the_official_name(backbone, ending):
     ctx = _request(task)[0]
     assert ctx.endswith(ending)
     assert lmms_glue.task_manager(False, None).model_name is None  # the shared index keeps its own name
+
+
+def test_retargeting_refuses_what_it_cannot_rebuild(task_configs):
+    from runners.lmms_prompts import retargeted_task
+
+    exp = PROMPTS["videomme"]["llava_vid"]
+    task = _offline_task(task_configs["videomme"], "ottvid_llava_video", exp["split"], exp["doc"])
+    ctx, *rest = _request(task)
+    docs = {rest[3]: {exp["split"]: task.test_docs()}}
+    with pytest.raises(ValueError, match="does not end with the document's text"):
+        official_request((ctx + "\nextra", *rest), docs, "llava_vid")
+    cfg = dict(task_configs["videomme"], model_specific_generation_kwargs={"default": {"max_new_tokens": 4}})
+    with pytest.raises(ValueError, match="model_specific_generation_kwargs"):
+        retargeted_task(_offline_task(cfg, "ottvid_llava_video", exp["split"], exp["doc"]), "llava_vid")
+    cfg = dict(task_configs["videomme"], model_specific_target_kwargs={"llava_vid": "x", "default": "y"})
+    with pytest.raises(ValueError, match="model_specific_target_kwargs"):
+        retargeted_task(_offline_task(cfg, "ottvid_llava_video", exp["split"], exp["doc"]), "llava_vid")

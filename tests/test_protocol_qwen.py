@@ -224,3 +224,10 @@ def test_inspect_task_doc_is_what_a_run_feeds(task, capsys):
     st = model.sample_stats[0]
     assert st["doc_id"] == 0 and st["prompt_text"] == rec["prompt_text"]
     assert st["frames"] == len(rec["frame_indices"]) and st["prefill_tokens"] == rec["tokens"]["llm_input"]
+
+
+def test_inspect_bad_backbone_fails_clearly(capsys):
+    from ottvid.inspect import main
+
+    assert main(["--backbone", "no_such_backbone", "--video", TINY_VIDEO, "--question", "q"]) == 2
+    assert "neither a checkpoint directory nor a backbone config" in capsys.readouterr().err

@@ -32,10 +32,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-
-import numpy as np
 
 from ..contract import CompressedTokens, VideoTokens
 from .common import Adapter, Prepared, read_defaults, received_attention
@@ -82,6 +81,8 @@ def time_instruction(frames: Frames, frame_time: str) -> str:
     return (f"The video lasts for {frames.duration:.2f} seconds, and {len(frames.indices)} frames are uniformly "
             f"sampled from it. These frames are located at {frame_time}.Please answer the following questions "
             f"related to this video.")
+
+
 HOW_TO_GET_OV = ("download it with `huggingface-cli download llava-hf/llava-onevision-qwen2-7b-ov-hf` on a machine "
                  "with network access (or pass a local path), or use backbone=tiny_llava_onevision")
 HOW_TO_GET_VIDEO = ("download `lmms-lab/LLaVA-Video-7B-Qwen2` (`huggingface-cli download lmms-lab/LLaVA-Video-7B-Qwen2`); "
@@ -94,6 +95,7 @@ class LlavaOnevisionAdapter(Adapter):
     pool_mode = "bilinear"
     newline_position = "one_token"
     protocol = PROTOCOL_OV
+    _siglip_pil = None  # transformers' PIL SigLIP processor, built on first use from the video processor's settings
 
     @classmethod
     def from_pretrained(cls, path: Path, device: str, dtype: torch.dtype, method: str, hparams: dict,
@@ -153,7 +155,7 @@ class LlavaOnevisionAdapter(Adapter):
         """(T, H, W, 3) uint8 -> (T, 3, S, S) float32 as LLaVA-NeXT's `SigLipImageProcessor` makes them:
         PIL bicubic resize to S x S, rescale, normalise (transformers' PIL SigLIP processor; the video
         processor's torchvision resize differs by one uint8 level on ~0.1% of the pixels)."""
-        if getattr(self, "_siglip_pil", None) is None:
+        if self._siglip_pil is None:
             from transformers import SiglipImageProcessorPil
 
             vp = self.processor.video_processor
