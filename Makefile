@@ -6,7 +6,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test test-fast bench lock check-lock
+.PHONY: setup test test-fast bench bench-sweep lock check-lock
 
 # constraints.txt is the lock of the whole environment (every distribution, exact versions);
 # setup installs from it and nothing else floats. Everything comes from PyPI (`--isolated`: a
@@ -40,6 +40,11 @@ test-fast: setup check-lock
 
 bench: setup
 	$(PY) -m ottvid.bench
+
+# demo grid per-cell vs shared encoding (one run), and the modelled GPU-hours of the real Table 1
+bench-sweep: export OMP_NUM_THREADS ?= 1
+bench-sweep: setup synthetic
+	$(PY) -m runners.bench_sweep
 
 # ---- experiment harness (docs/harness.md) -------------------------------------------------
 # EXTRA: extra Hydra overrides for every cell, e.g. EXTRA="limit=20 wandb.mode=disabled".

@@ -194,7 +194,7 @@ def _headline(results: dict, task: str, subtasks: list[str], metric: str) -> flo
     return sum(vals) / len(vals) if vals else None
 
 
-STAT_FIELDS = ("tokens_in", "tokens_out", "vision_ms", "compress_ms", "prefill_ms", "ttft_ms", "peak_mem_gb",
+STAT_FIELDS = ("tokens_in", "tokens_out", "decode_ms", "vision_ms", "compress_ms", "prefill_ms", "ttft_ms", "peak_mem_gb",
                "prefill_tokens", "tflops")
 
 

@@ -58,7 +58,9 @@ class SharedEncoding:
     def __init__(self, lm, cells: list[Cell], runs_dir, rank: int = 0, progress: bool = True,
                  n_samples: int | None = None):
         self.lm = lm
-        self.cells = list(cells)
+        self.cells = list(cells)       # the cells still being evaluated
+        self.size = len(self.cells)     # the group's cells
+        self.key = group_key(self.cells[0])
         self.logs = {c.key: SampleLog(c, runs_dir, rank) for c in self.cells}
         self.counts = {"samples": 0}
         self.base_counts = dict(lm.adapter.counts)  # the adapter's own decode / vision counters at the start
@@ -66,7 +68,7 @@ class SharedEncoding:
         if progress and rank == 0:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=n_samples, desc=f"group {group_key(self.cells[0])} samples", unit="sample",
+            self.bar = tqdm(total=n_samples, desc=f"group {self.key} samples", unit="sample",
                             file=sys.stdout, leave=False)
 
     def close(self) -> None:
@@ -105,6 +107,14 @@ class SharedEncoding:
 
         need = [c for c in self.cells if (self.logs[c.key].get(key) or {}).get("context_sha") != sha]
         adapter = self.lm.adapter
+        if self.lm.warmup:  # un-timed passes before the first timed sample (CUDA start-up), as the plugin does
+            try:
+                for _ in range(self.lm.warmup):
+                    adapter.generate(sr.video, sr.question, max_new_tokens=1)
+            except (Exception, SystemExit):  # noqa: BLE001 - the sample itself reports its failure below
+                pass
+            self.lm.warmup = 0
+            self.base_counts = dict(adapter.counts)
         dev = adapter.device
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -122,7 +132,7 @@ class SharedEncoding:
             self.lm.configure(method, **hparams)
             torch.manual_seed(self.lm.seed)  # the per-cell path seeds here too (nothing before draws)
             t = Timer(dev)
-            t.ms["vision"] = timer.ms["vision"]
+            t.ms.update(decode=timer.ms["decode"], vision=timer.ms["vision"])
             try:
                 prep = adapter.prepare_encoded(enc, t)
                 text, stats = adapter.finish(prep, t, sr.max_new_tokens, sr.until)
@@ -140,7 +150,6 @@ class SharedEncoding:
         self.counts["samples"] += 1
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(f"{len(self.cells)} cells")
 
 
 class CellView(lmms):
@@ -172,7 +181,7 @@ class CellView(lmms):
         encoded, and the decodes / vision passes the adapter really ran (its own counters)."""
         s = self.shared
         ran = {k: s.lm.adapter.counts[k] - s.base_counts[k] for k in s.base_counts}
-        return {"group": group_key(s.cells[0]), "cells": len(s.cells), "samples_encoded": s.counts["samples"],
+        return {"group": s.key, "cells": s.size, "samples_encoded": s.counts["samples"],
                 "decodes": ran["decode"], "vision_passes": ran["vision"]}
 
     def loglikelihood(self, requests):

@@ -166,3 +166,17 @@ def test_sample_log_ignores_a_torn_line_and_retries_failures(tmp_path):
     store.atomic_write_json(tmp_path / "x.json", {})  # the store and the logs share a folder
     again.discard()
     assert not again.files()
+
+
+def test_a_new_method_config_switches_the_compressor_without_reloading(tmp_path):
+    """Per-cell path too: the checkpoint loads once per load setting, methods only reconfigure it."""
+    from runners import lmms_glue
+
+    _, cells, _ = plan([*BASE, SMALL % "synth_mvbench", f"results_dir={tmp_path}"])
+    models = [lmms_glue.load_model(c) for c, _, _ in cells]
+    assert all(m is models[0] for m in models)
+    for c, _, _ in cells:
+        m = lmms_glue.load_model(c)
+        assert m.adapter.method == c.method and m.adapter.hparams.get("retention", 1.0) == c.hparams.get("retention", 1.0)
+    _, other, _ = plan([*BASE, SMALL % "synth_mvbench", f"results_dir={tmp_path}", "backbone.max_frames_num=4"])
+    assert lmms_glue.load_model(other[0][0]) is not models[0]  # another protocol: another load
