@@ -19,13 +19,30 @@ def keep_per_frame(N: int, r_s: float) -> int:
     return min(N, max(1, int(N * r_s)))
 
 
-def cosine_similarity(x: torch.Tensor, normalized: torch.Tensor | None = None) -> torch.Tensor:
+def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int = 1 << 22):
     """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products).
 
-    `normalized` may pass F.normalize(x.float()) when the caller already has it.
+    Computed a few frames at a time, so the unit-norm tokens never exist for the whole video
+    at once (row-wise normalisation and per-frame `bmm`: the same bits as one batched call).
+    With `colocated=True` also returns (T-1, N) sum_d xn_t xn_{t+1}, the co-located cosine of
+    consecutive frames that alpha_t averages (`transport.pair_alpha`), from the same unit tokens.
     """
-    xn = F.normalize(x.float(), p=2, dim=-1) if normalized is None else normalized
-    return torch.bmm(xn, xn.transpose(1, 2))
+    T, N, D = x.shape
+    sim = torch.empty(T, N, N, dtype=torch.float32, device=x.device)
+    adj = torch.empty(max(T - 1, 0), N, dtype=torch.float32, device=x.device) if colocated else None
+    step = max(1, chunk_elems // max(1, N * D))
+    prev = None
+    for i in range(0, T, step):
+        j = min(T, i + step)
+        xn = F.normalize(x[i:j].float(), p=2, dim=-1)
+        torch.bmm(xn, xn.transpose(1, 2), out=sim[i:j])
+        if colocated:
+            if prev is not None:
+                torch.sum(prev * xn[:1], dim=-1, out=adj[i - 1:i])
+            if j - i > 1:
+                torch.sum(xn[:-1] * xn[1:], dim=-1, out=adj[i:j - 1])
+            prev = xn[-1:]
+    return (sim, adj) if colocated else sim
 
 
 def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
