@@ -76,8 +76,9 @@ class OTTVid(Compressor):
             sel = torch.arange(N, device=dev).expand(T, N)
         else:
             sel = spatial.select(p.spatial, x, video.saliency, K, sim=sim)
-        kept = torch.gather(x.float(), 1, sel.unsqueeze(-1).expand(T, K, D))
-        positions = video.grid_positions().gather(1, sel.unsqueeze(-1).expand(T, K, 3))
+        slots = (sel + torch.arange(T, device=dev).view(T, 1) * N).reshape(-1)   # t*N + n of the kept tokens
+        kept = x.reshape(T * N, D).index_select(0, slots).float().view(T, K, D)
+        positions = video.grid_positions().reshape(T * N, 3).index_select(0, slots).view(T, K, 3)
 
         # 2. Merge budget: B_tot = T*K - round(r*T*N).
         B_tot = budget.total_budget(T, K, N, p.retention)
