@@ -39,7 +39,7 @@ def frame_groups(features: torch.Tensor, Uf: float, min_interval: int) -> list[i
     """
     T = features.shape[0]
     v = F.normalize(features.float().mean(1), dim=-1)
-    u = (1 - torch.cosine_similarity(v[:, None, :], v[None, :, :], dim=-1)).tolist()
+    u = (1 - _pairwise_cosine(v)).tolist()
     sizes, anchor, n = [], 0, 1
     for t in range(1, T):  # sequential by construction: the anchor moves with the scan
         if u[t][anchor] <= Uf and n <= min_interval:
@@ -49,6 +49,18 @@ def frame_groups(features: torch.Tensor, Uf: float, min_interval: int) -> list[i
             anchor, n = t, 1
     sizes.append(n)
     return sizes
+
+
+def _pairwise_cosine(v: torch.Tensor, chunk_elems: int = 1 << 22) -> torch.Tensor:
+    """(T, T) torch.cosine_similarity(v[:, None], v[None], dim=-1), a block of rows at a time.
+
+    The broadcast form builds (rows, T, D) temporaries; in blocks they stay bounded (linear
+    memory in T), and each entry is computed by the same element-wise ops (same bits).
+    """
+    T, D = v.shape
+    step = max(1, chunk_elems // max(1, T * D))
+    return torch.cat([torch.cosine_similarity(v[i:i + step, None, :], v[None, :, :], dim=-1)
+                      for i in range(0, T, step)])
 
 
 def fuse_groups(features: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +73,15 @@ def fuse_groups(features: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor,
     size = torch.tensor(sizes, device=dev)
     start = torch.cumsum(size, 0) - size
     x = features.float()
-    acc = x[start].clone()
+    acc = x.index_select(0, start)
+    N, D = x.shape[1:]
+    step = max(1, (1 << 24) // max(1, N * D))  # groups per batch: each batch's copy stays bounded
     for k in range(1, max(sizes)):  # position inside the group, batched across groups
-        has = size > k
-        acc[has] += x[start[has] + k]
-    fused = (acc / size.view(-1, 1, 1).to(acc.dtype)).to(features.dtype)
+        has = torch.nonzero(size > k).squeeze(1)
+        for i in range(0, has.numel(), step):
+            g = has[i:i + step]
+            acc.index_add_(0, g, x.index_select(0, start[g] + k))
+    fused = acc.div_(size.view(-1, 1, 1).to(acc.dtype)).to(features.dtype)
     return fused, start
 
 
@@ -87,7 +103,7 @@ def token_allocation(fused: torch.Tensor, budget: int, max_per_frame: int,
         g = F.normalize(global_feature.float(), p=2, dim=-1)
     else:
         g = F.normalize(fused.float().mean(dim=-1), p=2, dim=-1)
-    s = torch.cosine_similarity(g[:, None, :], g[None, :, :], dim=-1).mean(dim=-1)
+    s = _pairwise_cosine(g).mean(dim=-1)
     q = (s.mean() - s) * (G ** 0.5)
     cap = min(max_per_frame, max(1, int((budget // G) * 2)))
     if G <= budget // cap:
@@ -173,9 +189,19 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     take = torch.zeros_like(take_sorted).scatter(1, order, take_sorted)
     g_idx, n_idx = take.nonzero(as_tuple=True)  # group-major, raster within a group
     x = fused.float()
-    a = nb.float()
-    mean_nb = torch.bmm(a, x) / a.sum(-1, keepdim=True).clamp(min=1)  # (G, N, D)
-    out = ((mean_nb[g_idx, n_idx] + x[g_idx, n_idx]) / 2).to(fused.dtype)
+    D = x.shape[-1]
+    # neighbourhood means only of the emitted tokens, a batch of groups at a time (per-group bmm:
+    # the same bits as one batched call, without a (G, N, D) array)
+    step = max(1, (1 << 24) // max(1, N * D))
+    out = []
+    for i in range(0, G, step):
+        a = nb[i:i + step].float()
+        mean_nb = torch.bmm(a, x[i:i + step]) / a.sum(-1, keepdim=True).clamp(min=1)
+        sel = (g_idx >= i) & (g_idx < i + step)
+        gi, ni = g_idx[sel] - i, n_idx[sel]
+        out.append(((mean_nb[gi, ni] + x[i:i + step][gi, ni]) / 2).to(fused.dtype))
+        del mean_nb
+    out = torch.cat(out) if out else x.new_zeros(0, D).to(fused.dtype)
     counts = {
         "sdc_candidates": candidates,
         "sdc_budget": final,
