@@ -319,6 +319,16 @@ def _compress_qwen2_5_vl(P, video: VideoTokens) -> CompressedTokens:
     })
 
 
+def _most_salient_token(video: VideoTokens, g_src: str, sim: torch.Tensor, cuts: list, sizes: list) -> CompressedTokens:
+    """A budget of int(N r) = 0 tokens per frame (N < 1/r): the official rule keeps nothing; we keep
+    the video's single most salient token (first on ties) at its own slot, so >= 1 token enters the LLM."""
+    T, N, D = video.features.shape
+    flat = torch.argmax(video.saliency.reshape(-1)).view(1)
+    return _assemble(video, [video.features.reshape(T * N, D)[flat]], [flat], g_src, sim, cuts, sizes,
+                     {"frame_retain_num": 0, "frame_salient_num": 0, "frame_context_num": 0, "min_one_token": True,
+                      "salient_kept": 0, "anchors": 0})
+
+
 def _assemble(video: VideoTokens, out_tok: list, out_flat: list, g_src: str, sim: torch.Tensor, cuts: list,
               sizes: list, extra: dict) -> CompressedTokens:
     """Kept tokens in raster order of their slots (each at its own or its anchor's (t, h, w)), with the
@@ -400,7 +410,9 @@ class FastVID(Compressor):
         R, S, C = frame_budgets(N, P.retention, P.d)
         if R == 0:
             warnings.warn(f"fastvid: int(N * retention) = int({N} * {P.retention}) = 0 tokens per frame; "
-                          "the official budget rule keeps no video token", stacklevel=2)
+                          "the official budget rule keeps no video token: keeping the most salient one",
+                          stacklevel=2)
+            return _most_salient_token(video, g_src, sim, cuts, sizes)
         budget = anchor_budgets(sizes, C, P.p)
         n_free = N - S
 

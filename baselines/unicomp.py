@@ -99,12 +99,7 @@ def token_allocation(fused: torch.Tensor, budget: int, max_per_frame: int,
     was clipped; the flooring remainder is otherwise left unused).
     """
     G = fused.shape[0]
-    if global_feature is not None:
-        g = F.normalize(global_feature.float(), p=2, dim=-1)
-    else:
-        g = F.normalize(fused.float().mean(dim=-1), p=2, dim=-1)
-    s = _pairwise_cosine(g).mean(dim=-1)
-    q = (s.mean() - s) * (G ** 0.5)
+    q = group_uniqueness(fused, global_feature)
     cap = min(max_per_frame, max(1, int((budget // G) * 2)))
     if G <= budget // cap:
         return [cap] * G, cap
@@ -118,6 +113,27 @@ def token_allocation(fused: torch.Tensor, budget: int, max_per_frame: int,
         t[over] = cap
         pad = _even_share(budget - int(t.sum()), int((~over).sum()))
     return [int(v) for v in t.tolist()], cap
+
+
+def group_uniqueness(fused: torch.Tensor, global_feature: torch.Tensor | None = None) -> torch.Tensor:
+    """TA's score q_f = (mean(s) - s_f) sqrt(G), s_f = mean_g cos(g_f, g_g) (see `token_allocation`)."""
+    G = fused.shape[0]
+    if global_feature is not None:
+        g = F.normalize(global_feature.float(), p=2, dim=-1)
+    else:
+        g = F.normalize(fused.float().mean(dim=-1), p=2, dim=-1)
+    s = _pairwise_cosine(g).mean(dim=-1)
+    return (s.mean() - s) * (G ** 0.5)
+
+
+def at_least_one(per_group: list[int], q: torch.Tensor) -> list[int]:
+    """Every group's budget floored to 0 (B < G, or all shares < 1): the most unique group
+    (largest q, first on ties) gets one token, so the video keeps >= 1 (not in the official code)."""
+    if sum(per_group) > 0:
+        return per_group
+    out = list(per_group)
+    out[int(torch.argmax(q))] = 1
+    return out
 
 
 def _even_share(extra: int, among: int) -> int:
@@ -273,11 +289,14 @@ class UniComp(Compressor):
         }
 
         if p.auto or G * N > budget:
+            glob = video.frame_features[anchors] if use_global else None
             if p.auto:
                 per_group, cap = [budget // G] * G, None
             else:
-                glob = video.frame_features[anchors] if use_global else None
                 per_group, cap = token_allocation(fused, budget, N, glob)
+            if sum(per_group) == 0:
+                per_group = at_least_one(per_group, group_uniqueness(fused, glob))
+                stats["min_one_token"] = True
             out, where, counts = spatial_dynamic_compression(fused, metric, per_group, p.Uc)
             stats.update(compressed=True, cap=cap, tokens_per_frame=per_group, **counts)
             stats["merged"] = sum(N - c for c in counts["sdc_candidates"])
