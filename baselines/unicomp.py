@@ -72,6 +72,8 @@ def fuse_groups(features: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor,
     dev = features.device
     size = torch.tensor(sizes, device=dev)
     start = torch.cumsum(size, 0) - size
+    if max(sizes) == 1:  # nothing fused: the mean of one frame is the frame itself (no copy)
+        return features, start
     x = features.float()
     acc = x.index_select(0, start)
     N, D = x.shape[1:]
@@ -193,8 +195,12 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     Returns the output tokens (M, D), their (group, grid index) (M, 2) and counts.
     """
     G, N, _ = fused.shape
-    k = F.normalize(metric.detach(), p=2, dim=-1)
-    sim = torch.matmul(k, k.transpose(1, 2))
+    # K K^T a batch of groups at a time (per-group products: the same bits, no full copy of K)
+    step = max(1, (1 << 24) // max(1, N * metric.shape[-1]))
+    sim = torch.empty(G, N, N, dtype=metric.dtype, device=metric.device)
+    for i in range(0, G, step):
+        k = F.normalize(metric[i:i + step].detach(), p=2, dim=-1)
+        torch.matmul(k, k.transpose(1, 2), out=sim[i:i + step])
     order = torch.argsort(sim.mean(dim=-1), dim=-1, descending=False)
     nb = (1 - sim) < Uc
     kept_sorted = redundancy_cover(nb, order)
@@ -278,7 +284,11 @@ class UniComp(Compressor):
         G = len(sizes)
         budget = int(r * T * N)  # original T, as the glue
         use_keys = p.metric == "encoder_features" and video.encoder_features is not None
-        metric = video.encoder_features[anchors] if use_keys else fused
+        if use_keys:  # the anchors' keys; all of them (no copy) when no frame was fused
+            enc = video.encoder_features
+            metric = enc if G == T else enc.index_select(0, anchors)
+        else:
+            metric = fused
         use_global = p.global_metric == "frame_features" and video.frame_features is not None
         stats: dict[str, Any] = {
             "tokens_in": T * N, "frames": T, "groups": G, "fused_frames": T - G,
