@@ -200,7 +200,7 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     sim = torch.empty(G, N, N, dtype=metric.dtype, device=metric.device)
     for i in range(0, G, step):
         k = F.normalize(metric[i:i + step].detach(), p=2, dim=-1)
-        torch.matmul(k, k.transpose(1, 2), out=sim[i:i + step])
+        sim[i:i + step] = torch.matmul(k, k.transpose(1, 2))
     order = torch.argsort(sim.mean(dim=-1), dim=-1, descending=False)
     nb = (1 - sim) < Uc
     kept_sorted = redundancy_cover(nb, order)

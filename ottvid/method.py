@@ -56,6 +56,7 @@ class OTTVid(Compressor):
             """Spatial retention r^(1-gamma) (Sec. 3.1), in Python float64 as the official code."""
             return self.retention ** (1.0 - self.gamma)
 
+    @torch.no_grad()  # as the official functions: buffers are reused in place, no autograd graph
     def compress(self, video: VideoTokens) -> CompressedTokens:
         p = self.params
         x = video.features
