@@ -38,8 +38,12 @@ test: setup check-lock
 test-fast: setup check-lock
 	$(PY) -m pytest -q -m "not slow"
 
+# Compression latency per method, official OTT-Vid vs ours (OFFICIAL_OTTVID=<extracted minseokii/OTT-Vid
+# tree>), and the T = 64..768 time/peak-memory table (docs/efficiency.md). BENCH_ARGS: extra flags.
+OFFICIAL_OTTVID ?=
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m ottvid.bench
+	$(PY) -m ottvid.bench $(if $(OFFICIAL_OTTVID),--official-ottvid $(OFFICIAL_OTTVID),) $(BENCH_ARGS)
 
 # demo grid per-cell vs shared encoding (one run), and the modelled GPU-hours of the real Table 1
 bench-sweep: export OMP_NUM_THREADS ?= 1

@@ -163,6 +163,10 @@ def intra_frame_ot(x: torch.Tensor, anchor_idx: torch.Tensor, lam: float, eps: f
     (rows = anchors with marginal 1/M, columns = unselected tokens with marginal 1/(N-M)).
     """
     T, N, D = x.shape
+    step = max(1, (1 << 24) // max(1, N * D))
+    if T > step:  # frames are independent: blocks of frames keep the copies bounded (linear in T)
+        parts = [intra_frame_ot(x[i:i + step], anchor_idx[i:i + step], lam, eps, iters) for i in range(0, T, step)]
+        return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
     M = anchor_idx.shape[1]
     xa = x.gather(1, anchor_idx.unsqueeze(-1).expand(T, M, D))
     if M >= N:

@@ -98,32 +98,43 @@ def density_score(tokens: torch.Tensor, noise: torch.Tensor | None = None) -> to
     noise (drawn here once with shape (T, n) from the global generator unless `noise` is given);
     delta_i = min d_ij over denser j (the frame's maximum distance for its density peak).
     """
+    T, n, D = tokens.shape
+    if noise is None:
+        noise = torch.rand((T, n), device=tokens.device, dtype=torch.float32)
+    if T == 0 or n == 0:
+        return tokens.new_zeros((T, n), dtype=torch.float32) + noise * DENSITY_NOISE
+    step = max(1, (1 << 22) // (n * n))  # frames per batch: the (n, n) work arrays stay small
+    return torch.cat([_density_score(tokens[i:i + step], noise[i:i + step]) for i in range(0, T, step)])
+
+
+def _density_score(tokens: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """`density_score` of a batch of frames (frames are independent)."""
     D = tokens.shape[-1]
     x = tokens.float()
     dist = torch.cdist(x, x) / (D ** 0.5)
     k = min(DENSITY_KNN, dist.shape[-1])
     nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
     rho = (-(nearest ** 2).mean(dim=-1)).exp()
-    if noise is None:
-        noise = torch.rand(rho.shape, device=rho.device, dtype=rho.dtype)
-    rho = rho + noise * DENSITY_NOISE
+    rho = rho + noise.to(rho.dtype) * DENSITY_NOISE
     denser = (rho[:, None, :] > rho[:, :, None]).to(dist.dtype)
-    if dist.numel() == 0:
-        return rho
     dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
     delta = (dist * denser + dist_max * (1 - denser)).min(dim=-1).values
     return delta * rho
 
 
-def dtm(anchors: torch.Tensor, pool: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dtm(anchors: torch.Tensor, pool: torch.Tensor, beta: float,
+        pool_n: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Density token merging (Sec. 3.2, Eq. 6): (B, K, D) anchors absorb a (B, P, D) pool.
 
     Each pool token goes to its most cosine-similar anchor (first in anchor order on ties);
     anchor a becomes w x_a + (1 - w) mean(A_a), w = max(1 / (|A_a| + 1), beta). Computed in the
-    tokens' dtype, as the official code does. Returns (merged tokens, |A_a| per anchor).
+    tokens' dtype, as the official code does. `pool` may be one pool expanded over the batch
+    (stride 0, never copied), with `pool_n` its L2-normalised rows, likewise expanded.
+    Returns (merged tokens, |A_a| per anchor).
     """
     B, K, _ = anchors.shape
-    pool_n = pool / pool.norm(dim=-1, keepdim=True)
+    if pool_n is None:
+        pool_n = pool / pool.norm(dim=-1, keepdim=True)
     anchors_n = anchors / anchors.norm(dim=-1, keepdim=True)
     sim = torch.bmm(pool_n, anchors_n.transpose(1, 2))
     assign = torch.zeros(B, pool.shape[1], K, dtype=pool.dtype, device=pool.device)
@@ -132,6 +143,16 @@ def dtm(anchors: torch.Tensor, pool: torch.Tensor, beta: float) -> tuple[torch.T
     w = (1 / (n + 1)).clamp(min=beta)
     mean = torch.bmm(assign.transpose(1, 2), pool) / n.clamp(min=1)
     return w * anchors + (1 - w) * mean, n.squeeze(-1)
+
+
+#: DTM batches are cut so that one batch's (pool x anchors) work arrays stay below this many
+#: elements; the pool itself is shared (expanded), so memory stays linear in T.
+DTM_CHUNK_ELEMS = 1 << 24
+
+
+def dtm_chunks(n_batch: int, pool_tokens: int, width: int) -> range:
+    """Start indices of DTM batches of at most max(1, DTM_CHUNK_ELEMS // (pool_tokens * width))."""
+    return range(0, n_batch, max(1, DTM_CHUNK_ELEMS // max(1, pool_tokens * width)))
 
 
 def _saliency_pool(saliency: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -269,15 +290,17 @@ def _compress_qwen2_5_vl(P, video: VideoTokens) -> CompressedTokens:
     out_tok = [x_flat[~not_sal]]
     out_flat = [torch.nonzero(~not_sal).squeeze(1)]
     stat_pool = 0
-    if ctx_frames:
-        xn = x_flat / x_flat.norm(dim=-1, keepdim=True)
     for t in ctx_frames:
         lo, hi = seg_lo[t] * N, seg_hi[t] * N
         a_idx = anchor_flat[t]
         in_pool = not_sal[lo:hi].clone()
         in_pool[a_idx - lo] = False
         p_idx = torch.nonzero(in_pool).squeeze(1) + lo
-        out_tok.append(dtm_single(x_flat[a_idx], xn[a_idx], x_flat[p_idx], xn[p_idx], P.beta))
+        anchors, pool = x_flat[a_idx], x_flat[p_idx]
+        # unit rows of just this pool (row-wise: the same bits as normalising the whole video)
+        out_tok.append(dtm_single(anchors, anchors / anchors.norm(dim=-1, keepdim=True), pool,
+                                  pool / pool.norm(dim=-1, keepdim=True), P.beta))
+        del pool
         out_flat.append(a_idx)
         stat_pool += int(p_idx.numel())
 
@@ -294,6 +317,16 @@ def _compress_qwen2_5_vl(P, video: VideoTokens) -> CompressedTokens:
         "anchor_frames": len(ctx_frames),
         "merged_pool_tokens": stat_pool,
     })
+
+
+def _most_salient_token(video: VideoTokens, g_src: str, sim: torch.Tensor, cuts: list, sizes: list) -> CompressedTokens:
+    """A budget of int(N r) = 0 tokens per frame (N < 1/r): the official rule keeps nothing; we keep
+    the video's single most salient token (first on ties) at its own slot, so >= 1 token enters the LLM."""
+    T, N, D = video.features.shape
+    flat = torch.argmax(video.saliency.reshape(-1)).view(1)
+    return _assemble(video, [video.features.reshape(T * N, D)[flat]], [flat], g_src, sim, cuts, sizes,
+                     {"frame_retain_num": 0, "frame_salient_num": 0, "frame_context_num": 0, "min_one_token": True,
+                      "salient_kept": 0, "anchors": 0})
 
 
 def _assemble(video: VideoTokens, out_tok: list, out_flat: list, g_src: str, sim: torch.Tensor, cuts: list,
@@ -377,7 +410,9 @@ class FastVID(Compressor):
         R, S, C = frame_budgets(N, P.retention, P.d)
         if R == 0:
             warnings.warn(f"fastvid: int(N * retention) = int({N} * {P.retention}) = 0 tokens per frame; "
-                          "the official budget rule keeps no video token", stacklevel=2)
+                          "the official budget rule keeps no video token: keeping the most salient one",
+                          stacklevel=2)
+            return _most_salient_token(video, g_src, sim, cuts, sizes)
         budget = anchor_budgets(sizes, C, P.p)
         n_free = N - S
 
@@ -396,33 +431,45 @@ class FastVID(Compressor):
         score = density_score(free_tok)
 
         # ---- DTM, single-frame pools: frames whose budget equals C merge their own tokens
+        # (in batches of frames: each batch's copies stay a bounded slice of the input)
         stat_pool = 0
         n_single = n_multi = 0
         budget_t = torch.tensor(budget, device=dev)
         own = torch.nonzero(budget_t == C).squeeze(1) if C > 0 else budget_t.new_zeros(0)
         if own.numel():
-            a = torch.topk(score[own], C, dim=-1).indices                            # (F, C)
-            anchors = torch.gather(free_tok[own], 1, a[..., None].expand(-1, C, D))
-            merged, _ = dtm(anchors, free_tok[own], P.beta)
-            out_tok.append(merged.reshape(-1, D))
-            out_flat.append((own[:, None] * N + torch.gather(free_idx[own], 1, a)).reshape(-1))
+            a_all = torch.topk(score[own], C, dim=-1).indices                        # (F, C)
+            step = dtm_chunks(own.numel(), n_free, D).step
+            for i in range(0, own.numel(), step):
+                fr, a = own[i:i + step], a_all[i:i + step]
+                pool = free_tok.index_select(0, fr)
+                anchors = torch.gather(pool, 1, a[..., None].expand(-1, C, D))
+                merged, _ = dtm(anchors, pool, P.beta)
+                out_tok.append(merged.reshape(-1, D))
+                out_flat.append((fr[:, None] * N + torch.gather(free_idx[fr], 1, a)).reshape(-1))
             stat_pool += own.numel() * n_free
             n_single = own.numel()
 
-        # ---- DTM, segment pools: anchor frames of multi-frame segments merge all L frames
+        # ---- DTM, segment pools: anchor frames of multi-frame segments merge all L frames; the
+        # segment's pool (a view) and its unit rows exist once, shared by every anchor frame
         start = 0
         for L in sizes:
             K = budget[start + L - 1]
             if L > 1 and K > C:
                 rel = [i for i in range(L) if budget[start + i] > C]
-                fr = torch.tensor(rel, device=dev) + start
+                fr_all = torch.tensor(rel, device=dev) + start
                 Ke = min(K, n_free)  # the official topk requires K <= N - S
-                a = torch.topk(score[fr], Ke, dim=-1).indices                        # (F, Ke)
-                anchors = torch.gather(free_tok[fr], 1, a[..., None].expand(-1, Ke, D))
-                pool = free_tok[start:start + L].reshape(1, L * n_free, D).expand(len(rel), -1, -1)
-                merged, _ = dtm(anchors, pool, P.beta)
-                out_tok.append(merged.reshape(-1, D))
-                out_flat.append((fr[:, None] * N + torch.gather(free_idx[fr], 1, a)).reshape(-1))
+                a_all = torch.topk(score[fr_all], Ke, dim=-1).indices                # (F, Ke)
+                pool = free_tok[start:start + L].reshape(1, L * n_free, D)
+                pool_n = pool / pool.norm(dim=-1, keepdim=True)
+                step = dtm_chunks(len(rel), L * n_free, Ke).step
+                for i in range(0, len(rel), step):
+                    fr, a = fr_all[i:i + step], a_all[i:i + step]
+                    anchors = torch.gather(free_tok[fr], 1, a[..., None].expand(-1, Ke, D))
+                    merged, _ = dtm(anchors, pool.expand(len(fr), -1, -1), P.beta,
+                                    pool_n=pool_n.expand(len(fr), -1, -1))
+                    out_tok.append(merged.reshape(-1, D))
+                    out_flat.append((fr[:, None] * N + torch.gather(free_idx[fr], 1, a)).reshape(-1))
+                del pool_n
                 stat_pool += len(rel) * L * n_free
                 n_multi += len(rel)
             start += L

@@ -44,8 +44,14 @@ def tau_for_retention(r: float) -> float:
 def adjacent_similarity(x: torch.Tensor) -> torch.Tensor:
     """S (T-1, N): cosine of the same grid position in consecutive frames (L2-normalised first,
     as the official code does), computed in the features' own dtype."""
-    xn = F.normalize(x, p=2, dim=-1)
-    return F.cosine_similarity(xn[:-1], xn[1:], dim=-1)
+    T, N, D = x.shape
+    out = x.new_empty(max(T - 1, 0), N)
+    step = max(1, (1 << 22) // max(1, N * D))  # frames per block: temporaries stay bounded (linear in T)
+    for i in range(0, T - 1, step):
+        j = min(T - 1, i + step)
+        xn = F.normalize(x[i:j + 1], p=2, dim=-1)   # row-wise: the same bits as the whole video at once
+        out[i:j] = F.cosine_similarity(xn[:-1], xn[1:], dim=-1)
+    return out
 
 
 def static_window_values(stable: torch.Tensor) -> torch.Tensor:

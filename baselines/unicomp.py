@@ -39,7 +39,7 @@ def frame_groups(features: torch.Tensor, Uf: float, min_interval: int) -> list[i
     """
     T = features.shape[0]
     v = F.normalize(features.float().mean(1), dim=-1)
-    u = (1 - torch.cosine_similarity(v[:, None, :], v[None, :, :], dim=-1)).tolist()
+    u = (1 - _pairwise_cosine(v)).tolist()
     sizes, anchor, n = [], 0, 1
     for t in range(1, T):  # sequential by construction: the anchor moves with the scan
         if u[t][anchor] <= Uf and n <= min_interval:
@@ -51,6 +51,18 @@ def frame_groups(features: torch.Tensor, Uf: float, min_interval: int) -> list[i
     return sizes
 
 
+def _pairwise_cosine(v: torch.Tensor, chunk_elems: int = 1 << 22) -> torch.Tensor:
+    """(T, T) torch.cosine_similarity(v[:, None], v[None], dim=-1), a block of rows at a time.
+
+    The broadcast form builds (rows, T, D) temporaries; in blocks they stay bounded (linear
+    memory in T), and each entry is computed by the same element-wise ops (same bits).
+    """
+    T, D = v.shape
+    step = max(1, chunk_elems // max(1, T * D))
+    return torch.cat([torch.cosine_similarity(v[i:i + step, None, :], v[None, :, :], dim=-1)
+                      for i in range(0, T, step)])
+
+
 def fuse_groups(features: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """FGF fusion: each group's frames averaged token by token (float32), cast back.
 
@@ -60,12 +72,18 @@ def fuse_groups(features: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor,
     dev = features.device
     size = torch.tensor(sizes, device=dev)
     start = torch.cumsum(size, 0) - size
+    if max(sizes) == 1:  # nothing fused: the mean of one frame is the frame itself (no copy)
+        return features, start
     x = features.float()
-    acc = x[start].clone()
+    acc = x.index_select(0, start)
+    N, D = x.shape[1:]
+    step = max(1, (1 << 24) // max(1, N * D))  # groups per batch: each batch's copy stays bounded
     for k in range(1, max(sizes)):  # position inside the group, batched across groups
-        has = size > k
-        acc[has] += x[start[has] + k]
-    fused = (acc / size.view(-1, 1, 1).to(acc.dtype)).to(features.dtype)
+        has = torch.nonzero(size > k).squeeze(1)
+        for i in range(0, has.numel(), step):
+            g = has[i:i + step]
+            acc.index_add_(0, g, x.index_select(0, start[g] + k))
+    fused = acc.div_(size.view(-1, 1, 1).to(acc.dtype)).to(features.dtype)
     return fused, start
 
 
@@ -83,12 +101,7 @@ def token_allocation(fused: torch.Tensor, budget: int, max_per_frame: int,
     was clipped; the flooring remainder is otherwise left unused).
     """
     G = fused.shape[0]
-    if global_feature is not None:
-        g = F.normalize(global_feature.float(), p=2, dim=-1)
-    else:
-        g = F.normalize(fused.float().mean(dim=-1), p=2, dim=-1)
-    s = torch.cosine_similarity(g[:, None, :], g[None, :, :], dim=-1).mean(dim=-1)
-    q = (s.mean() - s) * (G ** 0.5)
+    q = group_uniqueness(fused, global_feature)
     cap = min(max_per_frame, max(1, int((budget // G) * 2)))
     if G <= budget // cap:
         return [cap] * G, cap
@@ -102,6 +115,27 @@ def token_allocation(fused: torch.Tensor, budget: int, max_per_frame: int,
         t[over] = cap
         pad = _even_share(budget - int(t.sum()), int((~over).sum()))
     return [int(v) for v in t.tolist()], cap
+
+
+def group_uniqueness(fused: torch.Tensor, global_feature: torch.Tensor | None = None) -> torch.Tensor:
+    """TA's score q_f = (mean(s) - s_f) sqrt(G), s_f = mean_g cos(g_f, g_g) (see `token_allocation`)."""
+    G = fused.shape[0]
+    if global_feature is not None:
+        g = F.normalize(global_feature.float(), p=2, dim=-1)
+    else:
+        g = F.normalize(fused.float().mean(dim=-1), p=2, dim=-1)
+    s = _pairwise_cosine(g).mean(dim=-1)
+    return (s.mean() - s) * (G ** 0.5)
+
+
+def at_least_one(per_group: list[int], q: torch.Tensor) -> list[int]:
+    """Every group's budget floored to 0 (B < G, or all shares < 1): the most unique group
+    (largest q, first on ties) gets one token, so the video keeps >= 1 (not in the official code)."""
+    if sum(per_group) > 0:
+        return per_group
+    out = list(per_group)
+    out[int(torch.argmax(q))] = 1
+    return out
 
 
 def _even_share(extra: int, among: int) -> int:
@@ -161,8 +195,12 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     Returns the output tokens (M, D), their (group, grid index) (M, 2) and counts.
     """
     G, N, _ = fused.shape
-    k = F.normalize(metric.detach(), p=2, dim=-1)
-    sim = torch.matmul(k, k.transpose(1, 2))
+    # K K^T a batch of groups at a time (per-group products: the same bits, no full copy of K)
+    step = max(1, (1 << 24) // max(1, N * metric.shape[-1]))
+    sim = torch.empty(G, N, N, dtype=metric.dtype, device=metric.device)
+    for i in range(0, G, step):
+        k = F.normalize(metric[i:i + step].detach(), p=2, dim=-1)
+        sim[i:i + step] = torch.matmul(k, k.transpose(1, 2))
     order = torch.argsort(sim.mean(dim=-1), dim=-1, descending=False)
     nb = (1 - sim) < Uc
     kept_sorted = redundancy_cover(nb, order)
@@ -173,9 +211,19 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     take = torch.zeros_like(take_sorted).scatter(1, order, take_sorted)
     g_idx, n_idx = take.nonzero(as_tuple=True)  # group-major, raster within a group
     x = fused.float()
-    a = nb.float()
-    mean_nb = torch.bmm(a, x) / a.sum(-1, keepdim=True).clamp(min=1)  # (G, N, D)
-    out = ((mean_nb[g_idx, n_idx] + x[g_idx, n_idx]) / 2).to(fused.dtype)
+    D = x.shape[-1]
+    # neighbourhood means only of the emitted tokens, a batch of groups at a time (per-group bmm:
+    # the same bits as one batched call, without a (G, N, D) array)
+    step = max(1, (1 << 24) // max(1, N * D))
+    out = []
+    for i in range(0, G, step):
+        a = nb[i:i + step].float()
+        mean_nb = torch.bmm(a, x[i:i + step]) / a.sum(-1, keepdim=True).clamp(min=1)
+        sel = (g_idx >= i) & (g_idx < i + step)
+        gi, ni = g_idx[sel] - i, n_idx[sel]
+        out.append(((mean_nb[gi, ni] + x[i:i + step][gi, ni]) / 2).to(fused.dtype))
+        del mean_nb
+    out = torch.cat(out) if out else x.new_zeros(0, D).to(fused.dtype)
     counts = {
         "sdc_candidates": candidates,
         "sdc_budget": final,
@@ -236,7 +284,11 @@ class UniComp(Compressor):
         G = len(sizes)
         budget = int(r * T * N)  # original T, as the glue
         use_keys = p.metric == "encoder_features" and video.encoder_features is not None
-        metric = video.encoder_features[anchors] if use_keys else fused
+        if use_keys:  # the anchors' keys; all of them (no copy) when no frame was fused
+            enc = video.encoder_features
+            metric = enc if G == T else enc.index_select(0, anchors)
+        else:
+            metric = fused
         use_global = p.global_metric == "frame_features" and video.frame_features is not None
         stats: dict[str, Any] = {
             "tokens_in": T * N, "frames": T, "groups": G, "fused_frames": T - G,
@@ -247,11 +299,14 @@ class UniComp(Compressor):
         }
 
         if p.auto or G * N > budget:
+            glob = video.frame_features[anchors] if use_global else None
             if p.auto:
                 per_group, cap = [budget // G] * G, None
             else:
-                glob = video.frame_features[anchors] if use_global else None
                 per_group, cap = token_allocation(fused, budget, N, glob)
+            if sum(per_group) == 0:
+                per_group = at_least_one(per_group, group_uniqueness(fused, glob))
+                stats["min_one_token"] = True
             out, where, counts = spatial_dynamic_compression(fused, metric, per_group, p.Uc)
             stats.update(compressed=True, cap=cap, tokens_per_frame=per_group, **counts)
             stats["merged"] = sum(N - c for c in counts["sdc_candidates"])

@@ -197,7 +197,9 @@ def measure_case(method: str, T: int, H: int, W: int, D: int, retention: float, 
     CPU: the peak resident set (VmHWM) is reset to the current one once the input is built
     (/proc/self/clear_refs), so `peak_extra_bytes` = VmHWM after the call - VmRSS before it:
     the most memory the call held at once beyond the resident input (page granularity, what
-    the OS saw). CUDA: torch.cuda.max_memory_allocated during the call - allocated before.
+    the OS saw; `run_case_subprocess` makes glibc return large freed buffers at once, so this
+    is live memory, not allocator retention). CUDA: torch.cuda.max_memory_allocated during the
+    call - allocated before.
     """
     video = paper_video(T, H, W, device, torch.float32, d_llm=D, d_enc=min(D, D_ENC))
     compress = build_compressor(method, retention=1.0 if method == "vanilla" else retention)
@@ -224,7 +226,9 @@ def run_case_subprocess(method: str, T: int, H: int, W: int, D: int, retention: 
     """`measure_case` in a fresh interpreter (so one case's peak cannot hide another's)."""
     cmd = [sys.executable, "-m", "ottvid.bench", "--case", json.dumps(
         {"method": method, "T": T, "H": H, "W": W, "D": D, "retention": retention, "device": device})]
-    env = dict(os.environ)
+    # glibc keeps freed heap pages resident (RSS then overstates what is live); with a fixed small
+    # mmap threshold every large buffer is returned on free, so the peak RSS tracks live memory
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .contract import CompressedTokens, VideoTokens
 from .registry import Compressor, check_choice, check_int, check_range, check_retention, register
@@ -57,6 +56,7 @@ class OTTVid(Compressor):
             """Spatial retention r^(1-gamma) (Sec. 3.1), in Python float64 as the official code."""
             return self.retention ** (1.0 - self.gamma)
 
+    @torch.no_grad()  # as the official functions: buffers are reused in place, no autograd graph
     def compress(self, video: VideoTokens) -> CompressedTokens:
         p = self.params
         x = video.features
@@ -66,15 +66,20 @@ class OTTVid(Compressor):
 
         # 1. Spatial stage (Eq. 1): K tokens per frame, raster order.
         K = spatial.keep_per_frame(N, p.r_s)
-        # unit-norm tokens, shared by the similarity and (float32 input) the co-located cosine of alpha_t
-        xn = F.normalize(x.float(), p=2, dim=-1) if p.spatial in ("coverage", "scope", "divprune") else None
-        sim = spatial.cosine_similarity(x, normalized=xn) if xn is not None else None
+        # the similarity, and (float32 input: same dtype as the official alpha) the co-located cosines of alpha_t
+        sim, colocated = None, None
+        if p.spatial in ("coverage", "scope", "divprune"):
+            if x.dtype == torch.float32 and p.alpha == "position":
+                sim, colocated = spatial.cosine_similarity(x, colocated=True)
+            else:
+                sim = spatial.cosine_similarity(x)
         if K >= N:
             sel = torch.arange(N, device=dev).expand(T, N)
         else:
             sel = spatial.select(p.spatial, x, video.saliency, K, sim=sim)
-        kept = torch.gather(x.float(), 1, sel.unsqueeze(-1).expand(T, K, D))
-        positions = video.grid_positions().gather(1, sel.unsqueeze(-1).expand(T, K, 3))
+        slots = (sel + torch.arange(T, device=dev).view(T, 1) * N).reshape(-1)   # t*N + n of the kept tokens
+        kept = x.reshape(T * N, D).index_select(0, slots).float().view(T, K, D)
+        positions = video.grid_positions().reshape(T * N, 3).index_select(0, slots).view(T, K, 3)
 
         # 2. Merge budget: B_tot = T*K - round(r*T*N).
         B_tot = budget.total_budget(T, K, N, p.retention)
@@ -87,8 +92,7 @@ class OTTVid(Compressor):
         tau_m = math.inf if p.mass == "uniform" else p.tau_m
         w = spatial.normalized_saliency(video.saliency)
         m = mass.mass_for(p.spatial, sim=sim, saliency=video.saliency, sel=sel, kept=kept, w=w, tau_m=tau_m)
-        alpha_t = transport.pair_alpha(x, video.grid_hw, p.alpha, normalized=xn if x.dtype == torch.float32 else None)
-        del xn
+        alpha_t = transport.pair_alpha(x, video.grid_hw, p.alpha, colocated=colocated)
         pos = transport.grid_coords(H, W, dev)[sel]
         C = transport.pair_cost(kept, pos, alpha_t)
         plan = transport.sinkhorn(m[:-1], m[1:], C, p.sinkhorn_eps, p.sinkhorn_iters)
@@ -109,7 +113,7 @@ class OTTVid(Compressor):
             n_merged=res.n_merged, n_pruned=res.n_pruned, n_discarded=res.n_discarded,
             max_span=res.max_span,
         )
-        return self._output(res.features[res.keep], positions.reshape(T * K, 3)[res.keep], x.dtype, stats)
+        return self._output(res.features, positions.reshape(T * K, 3)[res.keep], x.dtype, stats)
 
     @staticmethod
     def _output(features: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, stats: dict) -> CompressedTokens:

@@ -7,6 +7,8 @@ before any model work starts.
 """
 from __future__ import annotations
 
+import torch
+
 import dataclasses
 import importlib
 import math
@@ -97,7 +99,8 @@ class Compressor:
     def __call__(self, video: VideoTokens) -> CompressedTokens:
         if not isinstance(video, VideoTokens):
             raise ValueError(f"video: expected VideoTokens, got {type(video).__name__}")
-        return self.compress(video)
+        with torch.no_grad():  # training-free: no method builds a graph (in-place buffers need it off)
+            return self.compress(video)
 
     def compress(self, video: VideoTokens) -> CompressedTokens:  # pragma: no cover - abstract
         raise NotImplementedError

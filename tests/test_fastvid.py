@@ -171,8 +171,9 @@ def test_count_segments_and_slots(T, H, W, D, seed, r, c, tau, d, p, beta):
     st_ = out.stats
     sizes = st_["segment_sizes"]
     assert sum(sizes) == T and min(sizes) >= 1 and len(sizes) >= min(c, T)
-    assert out.count == expected_count(sizes, N, r, d, p) == st_["tokens_out"]
-    assert out.count <= T * int(N * r)
+    # the official count, or the one most salient token where int(N r) = 0 (issue 10)
+    assert out.count == max(1, expected_count(sizes, N, r, d, p)) == st_["tokens_out"]
+    assert out.count <= max(1, T * int(N * r))
     flat = out.flat_index((H, W))
     assert torch.equal(flat, torch.unique(flat))                          # distinct slots, raster order
     assert bool((out.positions[:, 1] < H).all()) and bool((out.positions[:, 2] < W).all())
@@ -221,10 +222,15 @@ def test_single_frame_and_full_retention():
     assert out.count == 45 and torch.equal(out.features, random_video(5, 3, 3, 8, 1).features.reshape(45, 8))
 
 
-def test_zero_budget_warns():
+def test_zero_budget_warns_and_keeps_the_most_salient_token():
+    """int(N r) = 0: the official rule keeps nothing; we keep the video's most salient token (issue 10)."""
+    v = random_video(3, 2, 2, 8, 0)
     with pytest.warns(UserWarning, match="retention"):
-        out = run(build(retention=0.1), random_video(3, 2, 2, 8, 0))
-    assert out.count == 0 and out.features.shape == (0, 8)
+        out = run(build(retention=0.1), v)
+    flat = int(v.saliency.reshape(-1).argmax())
+    assert out.count == 1 and out.stats["min_one_token"]
+    assert out.flat_index(v.grid_hw).tolist() == [flat]
+    assert torch.equal(out.features[0], v.features.reshape(-1, 8)[flat])
 
 
 @pytest.mark.parametrize("kw,arg", [

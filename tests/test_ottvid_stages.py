@@ -181,3 +181,62 @@ def test_spatial_variants_pick_K_distinct(name):
     assert sel.shape == (3, 7)
     assert all(len(set(r.tolist())) == 7 for r in sel)
     assert torch.equal(sel, sel.sort(dim=1).values)
+
+
+def _full_greedy(sim, w, K, weight):
+    """The official greedy: every gain re-evaluated at every step (one bmm), ties to the lowest index."""
+    T, N, _ = sim.shape
+    mu, chosen = sim.new_zeros(T, N), torch.zeros(T, N, dtype=torch.bool)
+    picks = torch.empty(T, K, dtype=torch.long)
+    cover_w = w if weight == "covered" else torch.full_like(w, 1.0 / N)
+    for k in range(K):
+        gain = torch.bmm((sim - mu.unsqueeze(2)).clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
+        gain = torch.where(chosen, torch.tensor(float("-inf")), w * gain if weight == "candidate" else gain)
+        best = gain.argmax(dim=1)
+        picks[:, k] = best
+        chosen.scatter_(1, best.unsqueeze(1), True)
+        mu = torch.maximum(mu, torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2))
+    return picks.sort(dim=1).values
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lazy_coverage_equals_full_reevaluation(seed):
+    """Issue 12: the lazy greedy picks exactly what re-evaluating every gain picks (duplicates -> ties)."""
+    g = torch.Generator().manual_seed(seed)
+    T, N, D = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(2, 90, (1,), generator=g)), 16
+    x = torch.randn(T, N, D, generator=g) + torch.randn(1, 1, D, generator=g)
+    if seed % 3 == 0:
+        x[:, N // 2:] = x[:, :N - N // 2].clone()
+    s = torch.rand(T, N, generator=g) ** 3 if seed % 5 else torch.ones(T, N)
+    sim, w = spatial.cosine_similarity(x), spatial.normalized_saliency(s)
+    K = int(torch.randint(1, N + 1, (1,), generator=g))
+    for weight in ("covered", "candidate"):
+        assert torch.equal(spatial.coverage_select(sim, w, K, weight=weight), _full_greedy(sim, w, K, weight))
+
+
+def test_coverage_gains_have_the_full_step_bits_on_any_subset():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 64, 32, generator=g) + 0.5
+    sim, w = spatial.cosine_similarity(x), spatial.normalized_saliency(torch.rand(5, 64, generator=g))
+    mu = sim[:, :, 3].clamp_min(0)
+    full = torch.bmm((sim - mu.unsqueeze(2)).clamp_min(0).transpose(1, 2), w.unsqueeze(2)).squeeze(2)
+    frames = torch.tensor([0, 2, 4])
+    cand = torch.randint(0, 64, (3, 7), generator=g)
+    got = spatial.coverage_gains(sim.transpose(1, 2).contiguous(), mu, w, None, cand, frames)
+    assert torch.equal(got, torch.gather(full[frames], 1, cand))
+
+
+def test_sinkhorn_log_domain_has_torch_logsumexp_bits():
+    """Reused buffers, skipped inf guard and the exp floor leave the plan bit for bit unchanged."""
+    g = torch.Generator().manual_seed(1)
+    P, K = 6, 40
+    C, ma, mb = torch.rand(P, K, K, generator=g), torch.rand(P, K, generator=g), torch.rand(P, K, generator=g)
+    eps, iters = 0.01, 60
+    a, b = ma / ma.sum(-1, keepdim=True), mb / mb.sum(-1, keepdim=True)
+    la, lb, lK = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log(), -C / eps
+    lu, lv = torch.zeros_like(la), torch.zeros_like(lb)
+    for _ in range(iters):
+        lv = lb - torch.logsumexp(lK + lu.unsqueeze(-1), dim=-2)
+        lu = la - torch.logsumexp(lK + lv.unsqueeze(-2), dim=-1)
+    ref = (lu.unsqueeze(-1) + lK + lv.unsqueeze(-2)).exp()
+    assert torch.equal(transport.sinkhorn(ma, mb, C, eps, iters), ref)

@@ -1,6 +1,6 @@
 """Qwen2.5-VL adapter: compression between the patch merger and the LLM, 3-D M-RoPE kept per token.
 
-Inputs follow the official OTT-Vid runs (docs/protocol_qwen.md): qwen-vl-utils picks and resizes
+Inputs follow the official OTT-Vid runs (docs/protocol.md): qwen-vl-utils picks and resizes
 the frames (`video.read_video_qwen_vl`), the chat template renders the same messages, the
 processor patchifies (its own resize is skipped: it is the identity on qwen-vl-utils' output),
 `second_per_grid_ts` is the processor default the official wrapper got (temporal_patch_size / 2 fps),
@@ -31,7 +31,7 @@ from ..contract import CompressedTokens, VideoTokens
 from .common import Adapter, Prepared, read_defaults, received_attention
 from .video import Frames, read_video_qwen_vl
 
-# The official runs (PROTOCOL.md, docs/protocol_qwen.md): VQA 32 frames, VTG qwen-vl-utils' 2 fps up to
+# The official runs (PROTOCOL.md, docs/protocol.md): VQA 32 frames, VTG qwen-vl-utils' 2 fps up to
 # `vtg_max_frames` (768: the paper's "2 fps"; 32 is the wrapper's own default), the scripts' pixel bounds.
 PROTOCOL = {"max_frames_num": 32, "min_pixels": 200704, "max_pixels": 1605632, "fps": None,
             "vtg_max_frames": 768, "system_prompt": "You are a helpful assistant.", "time_scale": "default"}

@@ -29,7 +29,7 @@ def greedy_matches(plan: torch.Tensor, B_t: torch.Tensor) -> tuple[torch.Tensor,
 @dataclass
 class MergeResult:
     keep: torch.Tensor        # (T*K,) bool: surviving component roots
-    features: torch.Tensor    # (T*K, D) float32 component means (valid at roots)
+    features: torch.Tensor    # (M, D) float32 means of the surviving components, in slot order of keep
     n_merged: int             # union edges (C <= tau_c)
     n_pruned: int             # matches with C > tau_c: the source and its subtree are dropped
     n_discarded: int          # tokens dropped with pruned subtrees
@@ -64,13 +64,19 @@ def union_merge(kept: torch.Tensor, C: torch.Tensor, accepted: torch.Tensor, par
             break
         root, hops = nxt, hops + 1
     flat = kept.reshape(n, D)
-    sums = torch.zeros_like(flat).index_add_(0, root, flat)
-    count = torch.zeros(n, device=dev, dtype=flat.dtype).index_add_(0, root, torch.ones(n, device=dev, dtype=flat.dtype))
     is_root = root == torch.arange(n, device=dev)
+    keep = is_root & ~pruned
+    # sums only for the surviving components: slot -> its component's output row, the rest to a
+    # scratch row M; index_add_ adds in slot order per row, as a sum over every root would
+    M = int(keep.sum().item())
+    out_row = torch.cumsum(keep, 0) - 1
+    dest = torch.where(keep[root], out_row[root], torch.full_like(root, M))
+    sums = flat.new_zeros(M + 1, D).index_add_(0, dest, flat)[:M]
+    count = torch.zeros(M + 1, device=dev, dtype=flat.dtype).index_add_(0, dest, torch.ones(n, device=dev, dtype=flat.dtype))[:M]
     frame = torch.arange(n, device=dev) // K
     span = torch.zeros(n, dtype=torch.long, device=dev).scatter_reduce_(0, root, frame - frame[root], reduce="amax")
     return MergeResult(
-        keep=is_root & ~pruned,
+        keep=keep,
         features=sums / count.clamp_min(1.0).unsqueeze(-1),
         n_merged=int(merge.sum().item()),
         n_pruned=int((~merge).sum().item()),

@@ -19,13 +19,30 @@ def keep_per_frame(N: int, r_s: float) -> int:
     return min(N, max(1, int(N * r_s)))
 
 
-def cosine_similarity(x: torch.Tensor, normalized: torch.Tensor | None = None) -> torch.Tensor:
+def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int = 1 << 22):
     """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products).
 
-    `normalized` may pass F.normalize(x.float()) when the caller already has it.
+    Computed a few frames at a time, so the unit-norm tokens never exist for the whole video
+    at once (row-wise normalisation and per-frame `bmm`: the same bits as one batched call).
+    With `colocated=True` also returns (T-1, N) sum_d xn_t xn_{t+1}, the co-located cosine of
+    consecutive frames that alpha_t averages (`transport.pair_alpha`), from the same unit tokens.
     """
-    xn = F.normalize(x.float(), p=2, dim=-1) if normalized is None else normalized
-    return torch.bmm(xn, xn.transpose(1, 2))
+    T, N, D = x.shape
+    sim = torch.empty(T, N, N, dtype=torch.float32, device=x.device)
+    adj = torch.empty(max(T - 1, 0), N, dtype=torch.float32, device=x.device) if colocated else None
+    step = max(1, chunk_elems // max(1, N * D))
+    prev = None
+    for i in range(0, T, step):
+        j = min(T, i + step)
+        xn = F.normalize(x[i:j].float(), p=2, dim=-1)
+        torch.bmm(xn, xn.transpose(1, 2), out=sim[i:j])
+        if colocated:
+            if prev is not None:
+                torch.sum(prev * xn[:1], dim=-1, out=adj[i - 1:i])
+            if j - i > 1:
+                torch.sum(xn[:-1] * xn[1:], dim=-1, out=adj[i:j - 1])
+            prev = xn[-1:]
+    return (sim, adj) if colocated else sim
 
 
 def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
@@ -34,79 +51,80 @@ def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
     return w / (w.sum(dim=-1, keepdim=True) + 1e-8)
 
 
-def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: torch.Tensor | None,
-                   frames: torch.Tensor | None = None, cand: torch.Tensor | None = None,
-                   sim_t: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i).
-
-    All (T, N) candidates when `cand` is None, else only the (F, m) candidates `cand` of the frames
-    `frames`, whose columns are read as rows of `sim_t` (sim transposed, contiguous). Both forms
-    are one `bmm` of the clamped (., N, m) columns, transposed, with c (cover weights), so a
-    column's gain has the same bits whichever subset it is evaluated in (checked in the tests).
+def coverage_gains(sim_t: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: torch.Tensor | None,
+                   cand: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i) of the (F, m) candidates
+    `cand` of `frames` (default: every frame); `sim_t` is the similarity transposed, contiguous
+    (column j of frame t = row t*N + j). As in a full step, the clamped (F, N, m) columns are
+    contracted with the cover weights c by one transposed `bmm`, so a candidate's gain has the
+    same bits whichever subset it is evaluated in (checked in the tests).
     """
-    if cand is None:
-        cols, mu_f, c, wj = sim, mu, cover_w, cand_w
-    else:
-        F_, m = cand.shape
-        N = sim.shape[1]
-        rows = (frames.view(-1, 1) * N + cand).reshape(-1)
-        cols = sim_t.reshape(-1, N).index_select(0, rows).view(F_, m, N).transpose(1, 2).contiguous()
-        mu_f, c = mu.index_select(0, frames), cover_w.index_select(0, frames)
-        wj = None if cand_w is None else torch.gather(cand_w.index_select(0, frames), 1, cand)
-    diff = (cols - mu_f.unsqueeze(2)).clamp_min(0)
-    gain = torch.bmm(diff.transpose(1, 2), c.unsqueeze(2)).squeeze(2)
-    return gain if wj is None else wj * gain
+    T, N, _ = sim_t.shape
+    F_, m = cand.shape
+    base = (torch.arange(T, device=cand.device) if frames is None else frames).view(-1, 1) * N
+    if frames is not None:
+        mu, cover_w = mu.index_select(0, frames), cover_w.index_select(0, frames)
+        cand_w = None if cand_w is None else cand_w.index_select(0, frames)
+    cols = sim_t.reshape(T * N, N).index_select(0, (base + cand).reshape(-1)).view(F_, m, N)
+    diff = cols.sub_(mu.unsqueeze(1)).clamp_min_(0).transpose(1, 2).contiguous()   # (F, N, m)
+    gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
+    return gain if cand_w is None else torch.gather(cand_w, 1, cand) * gain
 
 
 def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
-                    probe: int = 8) -> torch.Tensor:
+                    probe: int = 16) -> torch.Tensor:
     """Greedy saliency-weighted coverage (Eq. 1), batched over frames.
 
     weight="covered" (OTT-Vid): gain(j) = sum_i w_i max(0, sim_ij - mu_i).
     weight="candidate" (SCOPE): gain(j) = w_j * sum_i (1/N) max(0, sim_ij - mu_i).
     mu starts at 0; ties go to the lowest index.
 
-    Lazy greedy: covers mu only grow, so a gain computed at an earlier step bounds the gain
-    now from above. Each step re-evaluates, per frame, only the candidates whose stale bound
-    could still reach the best fresh gain (the top `probe`, doubling until settled); a zero
-    bound is exact. The pick equals the full re-evaluation's argmax (lowest index on ties),
-    since every fresh gain is computed as in the full step (`coverage_gains`).
+    Lazy greedy, exact: covers mu only grow, so a gain computed at an earlier step bounds the
+    gain now from above. Each step re-evaluates the `probe` candidates of largest bound per
+    frame; where a remaining bound still comes within a relative 1e-6 of the best fresh gain,
+    every such candidate is evaluated too. The pick is the argmax of the fresh gains (lowest
+    index on ties), which is the full re-evaluation's argmax: every fresh gain is computed as
+    in the full step (`coverage_gains`) and no unevaluated bound can reach it.
     """
     T, N, _ = sim.shape
     K = min(K, N)
+    dev = sim.device
     mu = sim.new_zeros(T, N)
     cover_w = w if weight == "covered" else torch.full_like(w, 1.0 / N)
     cand_w = w if weight == "candidate" else None
-    picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
+    picks = torch.empty(T, K, dtype=torch.long, device=dev)
     neg_inf = float("-inf")
-    bound = coverage_gains(sim, mu, cover_w, cand_w)          # step 0: every gain, fresh
-    sim_t = sim.transpose(1, 2).contiguous()                  # column j of frame t = row t*N + j
-    frame_rows = torch.arange(T, device=sim.device) * N
-    fresh = torch.ones(T, N, dtype=torch.bool, device=sim.device)
+    # step 0 (mu = 0): every gain, as one full bmm
+    gain = torch.bmm(sim.clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
+    bound = gain if cand_w is None else cand_w * gain
+    sim_t = sim.transpose(1, 2).contiguous()
+    rows = torch.arange(T, device=dev) * N
+    fresh = bound
     for k in range(K):
         if k > 0:
-            fresh = bound <= 0                                # 0 <= gain <= bound; picked are -inf
-            m = probe
-            while True:
-                best_fresh = bound.masked_fill(~fresh, neg_inf).amax(dim=1)
-                stale = bound.masked_fill(fresh, neg_inf)
-                # settled once no stale bound comes within a relative 1e-6 of the best fresh gain
-                todo = stale.amax(dim=1) >= best_fresh - 1e-6 * best_fresh.abs()
-                if not bool(todo.any()):
+            stale = bound
+            fresh = torch.full_like(bound, neg_inf)
+            frames, m = None, min(probe, N)
+            for _ in range(2):
+                src = stale if frames is None else stale.index_select(0, frames)
+                vals, cand = src.topk(m, dim=1)
+                g = coverage_gains(sim_t, mu, cover_w, cand_w, cand, frames).masked_fill_(vals == neg_inf, neg_inf)
+                flat = ((rows.view(-1, 1) if frames is None else rows[frames].view(-1, 1)) + cand).reshape(-1)
+                fresh.view(-1).index_copy_(0, flat, g.reshape(-1))
+                stale = stale.clone() if frames is None else stale
+                stale.view(-1).index_fill_(0, flat, neg_inf)
+                best = fresh.amax(dim=1, keepdim=True)
+                reach = stale >= best - 1e-6 * best.abs()      # bounds that could still tie or win
+                need = reach.sum(dim=1)
+                if not bool(need.any()):
                     break
-                frames = todo.nonzero().squeeze(1)
-                vals, cand = stale.index_select(0, frames).topk(min(m, N), dim=1)
-                g = coverage_gains(sim, mu, cover_w, cand_w, frames, cand, sim_t)
-                live = vals > neg_inf
-                f2 = frames.unsqueeze(1).expand_as(cand)[live]
-                c2 = cand[live]
-                bound[f2, c2] = g[live]
-                fresh[f2, c2] = True
-                m *= 2
-        best = bound.masked_fill(~fresh, neg_inf).argmax(dim=1)
+                frames = need.nonzero().squeeze(1)
+                m = int(need.max())
+            bound = torch.maximum(fresh, stale)
+        best = fresh.argmax(dim=1)
         picks[:, k] = best
-        bound.scatter_(1, best.unsqueeze(1), neg_inf)
-        mu = torch.maximum(mu, sim_t.reshape(T * N, N).index_select(0, frame_rows + best))
+        bound = bound.scatter(1, best.unsqueeze(1), neg_inf)
+        mu = torch.maximum(mu, sim_t.reshape(T * N, N).index_select(0, rows + best))
     return picks.sort(dim=1).values
 
 
