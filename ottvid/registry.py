@@ -7,13 +7,13 @@ before any model work starts.
 """
 from __future__ import annotations
 
-import torch
-
 import dataclasses
 import importlib
 import math
 from importlib.metadata import entry_points
 from typing import Any, Callable
+
+import torch
 
 from .contract import CompressedTokens, VideoTokens
 
