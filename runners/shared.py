@@ -34,8 +34,8 @@ def group_key(cell: Cell) -> str:
     ident = cell.identity()
     ident.pop("method")
     ident.pop("hparams")
-    ident["model_args_extra"] = {k: v for k, v in ident["model_args_extra"].items()
-                                 if k not in split_model_args({"method": "vanilla", k: v})[1]}
+    _, knobs = split_model_args(ident["model_args_extra"])  # method knobs set through model_args, if any
+    ident["model_args_extra"] = {k: v for k, v in ident["model_args_extra"].items() if k not in knobs}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
