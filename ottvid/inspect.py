@@ -140,11 +140,9 @@ def inspect_sample(adapter, video_path: str, question: str, max_new_tokens: int 
     """Run the adapter's own steps on one sample and return what its LLM receives (fixture keys)."""
     from .backbones.common import _plain
 
-    frames = adapter.load(video_path)
-    inputs = adapter.build_inputs(frames, question)
-    video = adapter.encode(inputs, frames)
-    out = adapter.compress(video)
-    prep = adapter.splice(inputs, video, out)
+    enc = adapter.encode_sample(video_path, question)   # exactly the steps a run takes
+    prep = adapter.prepare_encoded(enc)
+    frames, inputs, video, out = enc.frames, enc.inputs, enc.video, prep.compressed
     ids = inputs["input_ids"][0]
     keep = prep.extras.get("keep_index")
     sent_ids = ids[keep] if keep is not None else ids

@@ -261,3 +261,19 @@ def test_cuda_default_dtype_is_fp16(tmp_path, fam):
     assert ad.dtype == torch.float16
     text, st = ad.generate(str(PROTO / "videos" / "v320x240_10fps_2s.mp4"), QUESTIONS["vqa"], max_new_tokens=3)
     assert st["tokens_out"] < st["tokens_in"]
+
+
+@pytest.mark.parametrize("fam,case", CASES)
+def test_inspect_prints_the_official_frames_and_prompt(fam, case, capsys):
+    """`python -m ottvid.inspect --json` on a tiny LLaVA twin: the fixture's frames and rendered prompt."""
+    from ottvid import inspect
+
+    exp = FIX[fam][case]
+    twin = {"llava_onevision": "tiny_llava_onevision", "llava_vid": "tiny_llava_video"}[fam]
+    n = FIX["about"][fam]["max_frames_num"]
+    assert inspect.main(["--backbone", twin, "--video", str(PROTO / "videos" / exp["video"]),
+                         "--question", QUESTIONS["vqa"], "--max-frames", str(n), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["frame_indices"] == exp["frame_indices"]
+    assert rec["prompt_text"] == exp["prompt_vqa"]
+    assert rec["tokens"]["visual_in"] == rec["tokens"]["visual_out"]  # vanilla
