@@ -22,6 +22,29 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def try_claim(cell: Cell, runs_dir: Path, force: bool) -> tuple[str | None, store.Claim]:
+    """(outcome, claim) for a cell about to run: outcome `skipped` (already done), `busy` (another process
+    holds it) or None with the claim held. Called on rank 0 only."""
+    path = cell_path(cell, runs_dir)
+    claim = store.Claim(path)
+    if not force and store.is_done(path):
+        return "skipped", claim
+    if not claim.acquire():
+        return "busy", claim
+    if not force and store.is_done(path):  # finished by another sweep while we were getting here
+        claim.release()
+        return "skipped", claim
+    return None, claim
+
+
+def new_record(cell: Cell, config: dict | None, status: str = "running") -> dict:
+    """The fields every cell JSON starts with."""
+    from . import lmms_glue
+
+    return {"cell": cell.as_dict(), "status": status, "error": None, "started": now(), "experiment": cell.experiment,
+            "config": config, "versions": lmms_glue.versions(), "git": lmms_glue.git_sha()}
+
+
 def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict | None = None,
              wandb_group: str | None = None, config: dict | None = None, lm=None,
              claim: store.Claim | None = None) -> tuple[str, dict | None]:
@@ -32,26 +55,16 @@ def run_cell(cell: Cell, runs_dir: Path, *, force: bool = False, wandb_cfg: dict
     from . import dist
 
     path = cell_path(cell, runs_dir)
-    given = claim is not None
-    claim = claim or store.Claim(path)
     outcome = None
-    if dist.is_main() and not given:
-        if not force and store.is_done(path):
-            outcome = "skipped"
-        elif not claim.acquire():
-            outcome = "busy"
-        elif not force and store.is_done(path):  # finished by another sweep while we were getting here
-            claim.release()
-            outcome = "skipped"
-    outcome = dist.broadcast(outcome)  # every rank runs the cell, or none does
+    if claim is None:
+        outcome, claim = try_claim(cell, runs_dir, force) if dist.is_main() else (None, store.Claim(path))
+        outcome = dist.broadcast(outcome)  # every rank runs the cell, or none does
     if outcome is not None:
         return outcome, store.read(path) if outcome == "skipped" else None
     from . import lmms_glue
 
     with claim:
-        record = {"cell": cell.as_dict(), "status": "running", "error": None, "started": now(),
-                  "experiment": cell.experiment, "config": config, "versions": lmms_glue.versions(),
-                  "git": lmms_glue.git_sha()}
+        record = new_record(cell, config)
         t0 = time.time()
         try:
             out = lmms_glue.evaluate(cell, lm)

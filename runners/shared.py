@@ -55,8 +55,7 @@ def _context_sha(sr) -> str:
 class SharedEncoding:
     """One group's model and its cells' sample logs; answers a (cell, request) pair, encoding each sample once."""
 
-    def __init__(self, lm, cells: list[Cell], runs_dir, rank: int = 0, progress: bool = True,
-                 n_samples: int | None = None):
+    def __init__(self, lm, cells: list[Cell], runs_dir, rank: int = 0, progress: bool = True):
         self.lm = lm
         self.cells = list(cells)       # the cells still being evaluated
         self.size = len(self.cells)     # the group's cells
@@ -68,7 +67,7 @@ class SharedEncoding:
         if progress and rank == 0:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=n_samples, desc=f"group {self.key} samples", unit="sample",
+            self.bar = tqdm(desc=f"group {self.key} samples", unit="sample",
                             file=sys.stdout, leave=False)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import itertools
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -34,7 +35,7 @@ import ottvid
 
 from .cell import Cell, CellError, cell_path, resolve_cell
 from . import store
-from .run import now as run_now, plain_config, run_cell
+from .run import new_record, now as run_now, plain_config, run_cell, try_claim
 from .store import REPO_ROOT, is_done, resolve_dir
 
 CONFIG_DIR = str(REPO_ROOT / "configs")
@@ -135,9 +136,12 @@ class Composer:
     def __call__(self, ov: list[str]):
         from hydra.core.override_parser.types import OverrideType
 
-        parsed = self.parser.parse_overrides(ov)
-        groups = [o for o, p in zip(ov, parsed) if (Path(CONFIG_DIR) / p.key_or_group).is_dir()]
-        values = [p for p in parsed if (Path(CONFIG_DIR) / p.key_or_group).is_dir() is False]
+        groups, values = [], []
+        for o, p in zip(ov, self.parser.parse_overrides(ov)):
+            if (Path(CONFIG_DIR) / p.key_or_group).is_dir():
+                groups.append(o)
+            else:
+                values.append(p)
         key = tuple(groups)
         if key not in self.memo:
             self.memo[key] = compose("evaluate", overrides=self.base + groups)
@@ -301,17 +305,11 @@ def _run_group(base, items, runs: Path, wcfg: dict, group: str, record) -> bool:
     claims, outcomes = {}, {}
     if dist.is_main():
         for cell, _, _ in items:
-            path = cell_path(cell, runs)
-            claim = store.Claim(path)
-            if not force and is_done(path):
-                outcomes[cell.key] = "skipped"
-            elif not claim.acquire():
-                outcomes[cell.key] = "busy"
-            elif not force and is_done(path):
-                claim.release()
-                outcomes[cell.key] = "skipped"
-            else:
+            outcome, claim = try_claim(cell, runs, force)
+            if outcome is None:
                 claims[cell.key] = claim
+            else:
+                outcomes[cell.key] = outcome
     outcomes = dist.broadcast(outcomes)
     for cell, _, _ in items:
         if cell.key in outcomes and record(cell, outcomes[cell.key], store.read(cell_path(cell, runs)) or {}):
@@ -344,7 +342,8 @@ def _run_group(base, items, runs: Path, wcfg: dict, group: str, record) -> bool:
             raise
         for cell, _, cfg in todo:
             if cell.key in claims:
-                rec = _failed_record(cell, cfg, e)
+                rec = {**new_record(cell, cfg, "failed"), "error": f"{type(e).__name__}: {e}",
+                       "traceback": traceback.format_exc(), "finished": run_now()}
                 store.atomic_write_json(cell_path(cell, runs), rec)
                 if record(cell, "failed", rec):
                     stop = True
@@ -359,16 +358,6 @@ def _release(claims: dict) -> None:
     for c in claims.values():
         c.release()
     claims.clear()
-
-
-def _failed_record(cell: Cell, cfg: dict, e: BaseException) -> dict:
-    import traceback
-
-    from . import lmms_glue
-
-    return {"cell": cell.as_dict(), "status": "failed", "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(), "started": run_now(), "finished": run_now(),
-            "experiment": cell.experiment, "config": cfg, "versions": lmms_glue.versions(), "git": lmms_glue.git_sha()}
 
 
 # what run_cell reports per cell, in the order of the summary line
