@@ -116,18 +116,16 @@ def evaluate(cell: Cell, lm=None) -> dict | None:
         return None
     if res is None:
         raise RuntimeError("lmms-eval returned no results")
-    stats, fails = _merge_ranks([p[0] for p in parts]), _merge_ranks([p[1] for p in parts])
+    per_sample, failed = _merge_ranks([p[0] for p in parts]), _merge_ranks([p[1] for p in parts])
     if sharing is not None:  # summed over ranks: each rank encoded its own share of the samples
         sharing = {**sharing, **{k: sum(p[2][k] for p in parts) for k in sharing if isinstance(sharing[k], int)
                                  and k != "cells"}}
-    n_before = f_before = 0
     metric = cell.benchmark["metric"]
     results = res.get("results", {})
     samples = res.get("samples", {})
     task = cell.benchmark["task"]
     # a group task (MVBench: 20 subtasks) logs samples per subtask
     subtasks = [t for t in samples if t != task] if task not in samples else [task]
-    failed = list(fails[f_before:]) if isinstance(fails, list) else []
     for f in failed:
         f["id"] = f"{'' if f['task'] == task else f['task'] + '/'}{f['doc_id']}"
     scores, groups, responses = {}, {}, {}
@@ -149,7 +147,6 @@ def evaluate(cell: Cell, lm=None) -> dict | None:
             if groups:
                 groups.setdefault(f["id"], f["task"])
         score = score_from_samples(scores, groups or None)
-    per_sample = list(stats[n_before:]) if isinstance(stats, list) else []
     return {
         "metrics": {t: {k: v for k, v in m.items() if _is_number(v)} for t, m in results.items()},
         "metric": metric,
