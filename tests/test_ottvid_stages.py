@@ -222,7 +222,7 @@ def test_coverage_gains_have_the_full_step_bits_on_any_subset():
     full = torch.bmm((sim - mu.unsqueeze(2)).clamp_min(0).transpose(1, 2), w.unsqueeze(2)).squeeze(2)
     frames = torch.tensor([0, 2, 4])
     cand = torch.randint(0, 64, (3, 7), generator=g)
-    got = spatial.coverage_gains(sim.transpose(1, 2).contiguous(), mu, w, None, cand, frames)
+    got = spatial.coverage_gains(sim, mu, w, None, cand, frames)
     assert torch.equal(got, torch.gather(full[frames], 1, cand))
 
 
@@ -240,3 +240,28 @@ def test_sinkhorn_log_domain_has_torch_logsumexp_bits():
         lu = la - torch.logsumexp(lK + lv.unsqueeze(-2), dim=-1)
     ref = (lu.unsqueeze(-1) + lK + lv.unsqueeze(-2)).exp()
     assert torch.equal(transport.sinkhorn(ma, mb, C, eps, iters), ref)
+
+
+@pytest.mark.parametrize("N", [12, 127, 128, 150, 169, 196, 257, 300, 702])
+def test_blocked_gram_has_the_one_bmm_bits(N):
+    """Issue 12: the CPU Gram split (upper blocks, mirrored) equals one bmm bit for bit, and is symmetric."""
+    g = torch.Generator().manual_seed(N)
+    xn = torch.nn.functional.normalize(torch.randn(2, N, 96, generator=g), dim=-1)
+    cuts = spatial.gram_blocks(N)
+    assert cuts[0] == 0 and cuts[-1] == N and all(b - a >= min(N, 32) for a, b in zip(cuts, cuts[1:]))
+    out = torch.empty(2, N, N)
+    spatial.gram_into(xn, out)
+    one = torch.bmm(xn, xn.transpose(1, 2))
+    assert torch.equal(out, one)
+    assert torch.equal(out, out.transpose(1, 2))
+
+
+def test_cosine_similarity_chunks_keep_the_whole_video_bits():
+    """Reused unit-token buffer and chunked co-located cosines: the bits of the one-shot formulas."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 130, 40, generator=g)
+    xn = torch.nn.functional.normalize(x, p=2, dim=-1)
+    for chunk in (130 * 40, 3 * 130 * 40, 1 << 22):
+        sim, adj = spatial.cosine_similarity(x, colocated=True, chunk_elems=chunk)
+        assert torch.equal(sim, torch.bmm(xn, xn.transpose(1, 2)))
+        assert torch.equal(adj, (xn[:-1] * xn[1:]).sum(-1))
