@@ -210,8 +210,10 @@ def test_lazy_coverage_equals_full_reevaluation(seed):
     s = torch.rand(T, N, generator=g) ** 3 if seed % 5 else torch.ones(T, N)
     sim, w = spatial.cosine_similarity(x), spatial.normalized_saliency(s)
     K = int(torch.randint(1, N + 1, (1,), generator=g))
-    for weight in ("covered", "candidate"):
-        assert torch.equal(spatial.coverage_select(sim, w, K, weight=weight), _full_greedy(sim, w, K, weight))
+    skew = sim + 1e-3 * torch.rand(sim.shape, generator=g).triu(1)       # not symmetric: the gather path
+    for s_ in (sim, skew):
+        for weight in ("covered", "candidate"):
+            assert torch.equal(spatial.coverage_select(s_, w, K, weight=weight), _full_greedy(s_, w, K, weight))
 
 
 def test_coverage_gains_have_the_full_step_bits_on_any_subset():
@@ -222,8 +224,9 @@ def test_coverage_gains_have_the_full_step_bits_on_any_subset():
     full = torch.bmm((sim - mu.unsqueeze(2)).clamp_min(0).transpose(1, 2), w.unsqueeze(2)).squeeze(2)
     frames = torch.tensor([0, 2, 4])
     cand = torch.randint(0, 64, (3, 7), generator=g)
-    got = spatial.coverage_gains(sim, mu, w, None, cand, frames)
-    assert torch.equal(got, torch.gather(full[frames], 1, cand))
+    for symmetric in (False, True):   # cosine_similarity's result is symmetric: rows or gathered columns
+        got = spatial.coverage_gains(sim, mu, w, None, cand, frames, symmetric=symmetric)
+        assert torch.equal(got, torch.gather(full[frames], 1, cand))
 
 
 def test_sinkhorn_log_domain_has_torch_logsumexp_bits():

@@ -91,19 +91,27 @@ def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
 
 
 def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: torch.Tensor | None,
-                   cand: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+                   cand: torch.Tensor, frames: torch.Tensor | None = None, symmetric: bool = False) -> torch.Tensor:
     """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i) of the (F, m) candidates
     `cand` of `frames` (default: every frame). As in a full step, the clamped (F, N, m) columns are
     contracted with the cover weights c by one transposed `bmm`, so a candidate's gain has the
-    same bits whichever subset it is evaluated in (checked in the tests).
+    same bits whichever subset it is evaluated in (checked in the tests). `symmetric` (sim equal to
+    its transpose) reads the columns as rows, which is cheaper than a gather.
     """
-    N = sim.shape[1]
+    T, N, _ = sim.shape
     F_, m = cand.shape
+    if symmetric:   # columns are rows: contiguous row copies, then one transposing copy
+        base = (torch.arange(T, device=cand.device) if frames is None else frames).view(-1, 1) * N
+        rows = sim.reshape(T * N, N).index_select(0, (base + cand).reshape(-1)).view(F_, m, N)
     if frames is not None:
-        sim, mu, cover_w = sim.index_select(0, frames), mu.index_select(0, frames), cover_w.index_select(0, frames)
+        mu, cover_w = mu.index_select(0, frames), cover_w.index_select(0, frames)
         cand_w = None if cand_w is None else cand_w.index_select(0, frames)
-    diff = torch.gather(sim, 2, cand.unsqueeze(1).expand(F_, N, m))          # (F, N, m): sim[f, i, cand]
-    diff.sub_(mu.unsqueeze(2)).clamp_min_(0)
+    if symmetric:
+        diff = rows.sub_(mu.unsqueeze(1)).clamp_min_(0).transpose(1, 2).contiguous()   # (F, N, m)
+    else:
+        sub = sim if frames is None else sim.index_select(0, frames)
+        diff = torch.gather(sub, 2, cand.unsqueeze(1).expand(F_, N, m))             # (F, N, m): sim[f, i, cand]
+        diff.sub_(mu.unsqueeze(2)).clamp_min_(0)
     gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
     return gain if cand_w is None else torch.gather(cand_w, 1, cand) * gain
 
@@ -136,13 +144,18 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     # step 0 (mu = 0): every gain, as one full bmm
     gain = torch.bmm(sim.clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
     bound = gain if cand_w is None else cand_w * gain
+    symmetric = bool(torch.equal(sim, sim.transpose(1, 2)))   # always on CPU (`gram_into`)
+    flat = sim.reshape(T * N, N)
+    rows = torch.arange(T, device=dev) * N
     for k in range(K):
         frames, m = None, min(probe, N)
         while k > 0:
             src = bound if frames is None else bound.index_select(0, frames)
             vals, cand = src.topk(min(m + 1, N), dim=1)
-            g = coverage_gains(sim, mu, cover_w, cand_w, cand[:, :m], frames)
-            src.scatter_(1, cand[:, :m], g.masked_fill_(vals[:, :m] == neg_inf, neg_inf))
+            g = coverage_gains(sim, mu, cover_w, cand_w, cand[:, :m], frames, symmetric)
+            if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
+                g.masked_fill_(vals[:, :m] == neg_inf, neg_inf)
+            src.scatter_(1, cand[:, :m], g)
             if frames is not None:
                 bound.index_copy_(0, frames, src)
             if m >= N:
@@ -156,7 +169,8 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
         best = bound.argmax(dim=1)
         picks[:, k] = best
         bound.scatter_(1, best.unsqueeze(1), neg_inf)
-        mu = torch.maximum(mu, torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2))
+        col = flat.index_select(0, rows + best) if symmetric else torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
+        mu = torch.maximum(mu, col)
     return picks.sort(dim=1).values
 
 

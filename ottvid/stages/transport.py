@@ -47,13 +47,23 @@ def pair_alpha(features: torch.Tensor, grid_hw: tuple[int, int], alpha: str | fl
     return (0.5 + 0.5 * (1.0 - s).clamp(0.0, 1.0)).float()
 
 
-def pair_cost(feat: torch.Tensor, pos: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def pair_cost(feat: torch.Tensor, pos: torch.Tensor, alpha: torch.Tensor, chunk_elems: int = 1 << 22) -> torch.Tensor:
     """Eq. 4-5 for every pair: C_t = alpha_t (1 - max(0, cos)) + (1 - alpha_t) ||p_i - p_j|| / sqrt(2).
 
-    feat: (T, K, D) kept tokens (float32); pos: (T, K, 2); returns (T-1, K, K).
+    feat: (T, K, D) kept tokens (float32); pos: (T, K, 2); returns (T-1, K, K). The unit tokens
+    are made a few frames at a time in one reused buffer (row-wise: the bits of normalising all).
     """
-    xn = F.normalize(feat, dim=-1)
-    c_sem = 1.0 - torch.bmm(xn[:-1], xn[1:].transpose(1, 2)).clamp(min=0.0)
+    T, K, D = feat.shape
+    dot = torch.empty(max(T - 1, 0), K, K, dtype=torch.float32, device=feat.device)
+    step = min(T, max(2, chunk_elems // max(1, K * D)))
+    buf = torch.empty(step, K, D, dtype=torch.float32, device=feat.device)
+    i = 0
+    while i < T - 1:
+        j = min(T, i + step)
+        xn = F.normalize(feat[i:j], dim=-1, out=buf[:j - i])
+        torch.bmm(xn[:-1], xn[1:].transpose(1, 2), out=dot[i:j - 1])
+        i = j - 1
+    c_sem = dot.clamp_min_(0.0).neg_().add_(1.0)                  # 1 - max(0, cos), same rounding
     c_loc = (pos[:-1].unsqueeze(2) - pos[1:].unsqueeze(1)).norm(dim=-1) / math.sqrt(2.0)
     a = alpha.view(-1, 1, 1)
     return a * c_sem + (1.0 - a) * c_loc
@@ -76,11 +86,16 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
         buf = torch.empty_like(log_K)
         # finite costs keep every potential finite (each sum holds exp(0) = 1): no inf guard needed
         fin = bool(torch.isfinite(log_K).all()) and bool(torch.isfinite(log_a).all()) and bool(torch.isfinite(log_b).all())
+        # every buffer and view made once: each half-step is 9 kernels, no allocation
+        P, K = log_a.shape
+        lu_col, lv_row = log_u.unsqueeze(-1), log_v.unsqueeze(-2)     # views of the updated potentials
+        mx_c, mx_r = log_b.new_empty(P, 1, K), log_a.new_empty(P, K, 1)
+        lse_c, lse_r = torch.empty_like(log_b), torch.empty_like(log_a)
         for _ in range(iters):
-            torch.add(log_K, log_u.unsqueeze(-1), out=buf)
-            log_v = log_b - _logsumexp_into(buf, -2, fin)
-            torch.add(log_K, log_v.unsqueeze(-2), out=buf)
-            log_u = log_a - _logsumexp_into(buf, -1, fin)
+            torch.add(log_K, lu_col, out=buf)
+            torch.sub(log_b, _logsumexp_into(buf, -2, fin, mx_c, lse_c), out=log_v)
+            torch.add(log_K, lv_row, out=buf)
+            torch.sub(log_a, _logsumexp_into(buf, -1, fin, mx_r, lse_r), out=log_u)
         return (log_u.unsqueeze(-1) + log_K + log_v.unsqueeze(-2)).exp()
     K_mat = torch.exp(-C / eps)
     u = torch.ones_like(a)
@@ -95,21 +110,23 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
 _LSE_FLOOR = -87.0
 
 
-def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False) -> torch.Tensor:
+def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False, mx: torch.Tensor | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """torch.logsumexp(z, dim) computed as torch does it (max shift, inf-safe), overwriting z.
 
-    finite=True skips the infinite-max guard, a no-op when every z is finite.
+    finite=True skips the infinite-max guard, a no-op when every z is finite. `mx` (the keepdim
+    max) and `out` may be given as buffers.
 
     One departure: shifted terms below -87 are raised to -87 before `exp`, i.e. summands under
     1.6e-38 (denormals) become 1.6e-38. Every sum holds the max term exp(0) = 1, so even K of
     them (< 1e-34) sit far below half an ulp of the sum: the result keeps torch's bits (checked
     against torch.logsumexp in the tests) while the exp avoids its slow denormal path.
     """
-    mx = z.amax(dim=dim, keepdim=True)
+    mx = torch.amax(z, dim=dim, keepdim=True, out=mx)
     if not finite:
         mx.masked_fill_(mx.abs() == math.inf, 0.0)
     z.sub_(mx).clamp_min_(_LSE_FLOOR).exp_()
-    return z.sum(dim=dim).log_().add_(mx.squeeze(dim))
+    return torch.sum(z, dim=dim, out=out).log_().add_(mx.squeeze(dim))
 
 
 def transport_difficulty(plan: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
