@@ -245,7 +245,7 @@ def test_sinkhorn_log_domain_has_torch_logsumexp_bits():
     assert torch.equal(transport.sinkhorn(ma, mb, C, eps, iters), ref)
 
 
-@pytest.mark.parametrize("N", [12, 127, 128, 150, 169, 196, 257, 300, 702])
+@pytest.mark.parametrize("N", [12, 95, 96, 127, 150, 169, 196, 257, 300, 702])
 def test_blocked_gram_has_the_one_bmm_bits(N):
     """Issue 12: the CPU Gram split (upper blocks, mirrored) equals one bmm bit for bit, and is symmetric."""
     g = torch.Generator().manual_seed(N)
