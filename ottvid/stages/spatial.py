@@ -31,7 +31,8 @@ def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int
     T, N, D = x.shape
     sim = torch.empty(T, N, N, dtype=torch.float32, device=x.device)
     adj = torch.empty(max(T - 1, 0), N, dtype=torch.float32, device=x.device) if colocated else None
-    step = min(T, max(1, chunk_elems // max(1, N * D)))
+    step = max(1, chunk_elems // max(1, N * D))
+    step = min(T, step - step % 2 if step > 1 else 1)   # even: the batched GEMMs split evenly over 2 threads
     buf = torch.empty(step, N, D, dtype=torch.float32, device=x.device)
     prod = torch.empty(step, N, D, dtype=torch.float32, device=x.device) if colocated else None
     prev = torch.empty(1, N, D, dtype=torch.float32, device=x.device) if colocated else None
