@@ -160,7 +160,8 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
             if m >= N:
                 break
             rest = vals[:, m]                                  # largest bound not evaluated
-            open_ = (rest > 0) & (rest >= g.amax(dim=1) * (1 - 1e-6))
+            # open: rest > 0 and rest >= best * (1 - 1e-6); 1e-45 is float32's least positive value
+            open_ = rest >= g.amax(dim=1).mul_(1 - 1e-6).clamp_min_(1e-45)
             if not bool(open_.any()):
                 break
             frames = open_.nonzero().squeeze(1) if frames is None else frames[open_]
@@ -169,7 +170,7 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
         picks[:, k] = best
         bound.scatter_(1, best.unsqueeze(1), neg_inf)
         col = flat.index_select(0, rows + best) if symmetric else torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
-        mu = torch.maximum(mu, col)
+        torch.maximum(mu, col, out=mu)
     return picks.sort(dim=1).values
 
 
