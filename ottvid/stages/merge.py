@@ -72,9 +72,9 @@ def union_merge(kept: torch.Tensor, C: torch.Tensor, accepted: torch.Tensor, par
     out_row = torch.cumsum(keep, 0) - 1
     dest = torch.where(keep[root], out_row[root], torch.full_like(root, M))
     sums = flat.new_zeros(M + 1, D).index_add_(0, dest, flat)[:M]
-    count = torch.zeros(M + 1, device=dev, dtype=flat.dtype).index_add_(0, dest, torch.ones(n, device=dev, dtype=flat.dtype))[:M]
+    count = torch.bincount(dest, minlength=M + 1)[:M].to(flat.dtype)      # integers: exact in float32
     frame = torch.arange(n, device=dev) // K
-    span = torch.zeros(n, dtype=torch.long, device=dev).scatter_reduce_(0, root, frame - frame[root], reduce="amax")
+    span = frame - frame[root]                                            # frames from each slot's root
     return MergeResult(
         keep=keep,
         features=sums / count.clamp_min(1.0).unsqueeze(-1),
