@@ -40,7 +40,12 @@ SHAPES = {
     "llava_video": (64, 13, 13),
     "qwen2_5_vl": (16, 26, 27),
     "vtg_long": (180, 12, 16),
+    # N ~ 700 at other frame counts (issue 12: "at N ~ 700 for any T")
+    "qwen_T4": (4, 26, 27),
+    "qwen_T64": (64, 26, 27),
 }
+#: the paper backbones' shapes: the latency table's default
+LATENCY_SHAPES = ("llava_ov", "llava_video", "qwen2_5_vl", "vtg_long")
 #: the shapes of the official-vs-ours comparison (issue 12's table)
 OFFICIAL_SHAPES = ("llava_ov", "qwen2_5_vl", "vtg_long")
 SCALING_T = (64, 128, 256, 512, 768)
@@ -256,13 +261,15 @@ def _latency(methods: list[str], shapes: list[str], devices: list[str], retentio
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
-    ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--shapes", nargs="*", default=list(LATENCY_SHAPES), choices=list(SHAPES))
     ap.add_argument("--devices", nargs="*", default=None, help="default: cpu, plus cuda when available")
     ap.add_argument("--retention", type=float, default=0.10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--official-ottvid", default=os.environ.get("OFFICIAL_OTTVID") or None, metavar="DIR",
                     help="extracted minseokii/OTT-Vid tree: time it against ours (default: $OFFICIAL_OTTVID)")
+    ap.add_argument("--official-shapes", nargs="*", default=list(OFFICIAL_SHAPES), choices=list(SHAPES),
+                    help="shapes of the official comparison (default: issue 12's three)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["latency", "official", "scaling"])
     ap.add_argument("--scaling-T", nargs="*", type=int, default=list(SCALING_T))
     ap.add_argument("--scaling-D", type=int, default=D_LLM, help="feature width of the scaling table")
@@ -284,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         for device in devices:
             print(f"\n## OTT-Vid: official ({args.official_ottvid}) vs ours, alternated, same kept positions, {device}")
             print(f"{'shape':<12} {'T x N':>10} {'official ms':>12} {'ours ms':>9} {'speed-up':>9} {'tokens':>7} {'max |dfeat|':>12}")
-            for row in compare_official(args.official_ottvid, list(OFFICIAL_SHAPES), args.retention, args.repeats, device):
+            for row in compare_official(args.official_ottvid, args.official_shapes, args.retention, args.repeats, device):
                 shape_txt = f"{row['T']}x{row['N']}"
                 print(f"{row['shape']:<12} {shape_txt:>10} {row['official_ms']:>12.1f} {row['ours_ms']:>9.1f} "
                       f"{row['speedup']:>8.2f}x {row['tokens']:>7} {row['max_feature_diff']:>12.2e}", flush=True)

@@ -91,11 +91,13 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
         lu_col, lv_row = log_u.unsqueeze(-1), log_v.unsqueeze(-2)     # views of the updated potentials
         mx_c, mx_r = log_b.new_empty(P, 1, K), log_a.new_empty(P, K, 1)
         lse_c, lse_r = torch.empty_like(log_b), torch.empty_like(log_a)
+        col_step = (buf, -2, fin, mx_c, lse_c, mx_c.view(P, K))
+        row_step = (buf, -1, fin, mx_r, lse_r, mx_r.view(P, K))
         for _ in range(iters):
             torch.add(log_K, lu_col, out=buf)
-            torch.sub(log_b, _logsumexp_into(buf, -2, fin, mx_c, lse_c), out=log_v)
+            torch.sub(log_b, _logsumexp_into(*col_step), out=log_v)
             torch.add(log_K, lv_row, out=buf)
-            torch.sub(log_a, _logsumexp_into(buf, -1, fin, mx_r, lse_r), out=log_u)
+            torch.sub(log_a, _logsumexp_into(*row_step), out=log_u)
         return (log_u.unsqueeze(-1) + log_K + log_v.unsqueeze(-2)).exp()
     K_mat = torch.exp(-C / eps)
     u = torch.ones_like(a)
@@ -111,11 +113,11 @@ _LSE_FLOOR = -87.0
 
 
 def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False, mx: torch.Tensor | None = None,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, mx_flat: torch.Tensor | None = None) -> torch.Tensor:
     """torch.logsumexp(z, dim) computed as torch does it (max shift, inf-safe), overwriting z.
 
     finite=True skips the infinite-max guard, a no-op when every z is finite. `mx` (the keepdim
-    max) and `out` may be given as buffers.
+    max), its view `mx_flat` without `dim`, and `out` may be given as buffers.
 
     One departure: shifted terms below -87 are raised to -87 before `exp`, i.e. summands under
     1.6e-38 (denormals) become 1.6e-38. Every sum holds the max term exp(0) = 1, so even K of
@@ -126,7 +128,7 @@ def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False, mx: torch.T
     if not finite:
         mx.masked_fill_(mx.abs() == math.inf, 0.0)
     z.sub_(mx).clamp_min_(_LSE_FLOOR).exp_()
-    return torch.sum(z, dim=dim, out=out).log_().add_(mx.squeeze(dim))
+    return torch.sum(z, dim=dim, out=out).log_().add_(mx.squeeze(dim) if mx_flat is None else mx_flat)
 
 
 def transport_difficulty(plan: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
