@@ -268,3 +268,18 @@ def test_cosine_similarity_chunks_keep_the_whole_video_bits():
         sim, adj = spatial.cosine_similarity(x, colocated=True, chunk_elems=chunk)
         assert torch.equal(sim, torch.bmm(xn, xn.transpose(1, 2)))
         assert torch.equal(adj, (xn[:-1] * xn[1:]).sum(-1))
+
+
+def test_pair_cost_chunks_keep_the_one_shot_bits():
+    """Issue 12: chunked unit tokens and the in-place 1 - max(0, cos) give the official formula's bits."""
+    g = torch.Generator().manual_seed(9)
+    T, K, D = 9, 13, 48
+    feat, pos = torch.randn(T, K, D, generator=g), torch.rand(T, K, 2, generator=g)
+    alpha = 0.5 + 0.5 * torch.rand(T - 1, generator=g)
+    xn = torch.nn.functional.normalize(feat, dim=-1)
+    c_sem = 1.0 - torch.bmm(xn[:-1], xn[1:].transpose(1, 2)).clamp(min=0.0)
+    c_loc = (pos[:-1].unsqueeze(2) - pos[1:].unsqueeze(1)).norm(dim=-1) / math.sqrt(2.0)
+    a = alpha.view(-1, 1, 1)
+    ref = a * c_sem + (1.0 - a) * c_loc
+    for chunk in (1, 3 * K * D, 1 << 22):
+        assert torch.equal(transport.pair_cost(feat, pos, alpha, chunk_elems=chunk), ref)
