@@ -3,7 +3,9 @@ frames, transport-derived budgets, merge/prune by union-find. Registered as `ott
 
 The data path reads top to bottom in `OTTVid.compress`; each stage lives in ottvid/stages/.
 Where the paper and the official code differ, the official code is followed
-(docs/ottvid.md lists every such choice).
+(docs/ottvid.md lists every such choice). `variant` picks which official backbone path:
+`qwen2_5_vl` (default) or `llava`, which differs in K, B_tot, the mass and the cost
+coordinates (docs/ottvid.md, "Backbone paths").
 """
 from __future__ import annotations
 
@@ -15,6 +17,18 @@ import torch
 from .contract import CompressedTokens, VideoTokens
 from .registry import Compressor, check_choice, check_int, check_range, check_retention, register
 from .stages import budget, mass, merge, spatial, transport
+
+VARIANTS = ("qwen2_5_vl", "llava")
+#: the grid the official LLaVA path reads kept indices with, whatever the real grid (it never
+#: passes grid_hw, so LLaVA-OV's 14x14 indices are read as rows of 13: cost coordinates only)
+OFFICIAL_LLAVA_GRID = (13, 13)
+
+
+def llava_coords(sel: torch.Tensor, grid_hw: tuple[int, int] = OFFICIAL_LLAVA_GRID) -> torch.Tensor:
+    """(T, K) local indices -> (T, K, 2) cost coordinates of the official LLaVA path:
+    ((n // W) / (H - 1), (n % W) / (W - 1)) in float32, with (H, W) = (13, 13) by default."""
+    H, W = grid_hw
+    return torch.stack([(sel // W).float() / max(1, H - 1), (sel % W).float() / max(1, W - 1)], dim=-1)
 
 
 @register("ottvid")
@@ -34,6 +48,7 @@ class OTTVid(Compressor):
         budget: str = "adaptive"     # adaptive | uniform (Table 3)
         alpha: str | float = "position"   # position | kernel | global | a number (Table A6)
         spatial: str = "coverage"    # coverage | topk | divprune | adts | scope (Table A1)
+        variant: str = "qwen2_5_vl"  # official backbone path: qwen2_5_vl | llava (docs/ottvid.md)
 
         def __post_init__(self) -> None:
             self.retention = check_retention(self.retention)
@@ -46,6 +61,7 @@ class OTTVid(Compressor):
             check_choice("mass", self.mass, ("loo", "uniform"))
             check_choice("budget", self.budget, ("adaptive", "uniform"))
             check_choice("spatial", self.spatial, spatial.SPATIAL_METHODS)
+            check_choice("variant", self.variant, VARIANTS)
             if isinstance(self.alpha, str):
                 check_choice("alpha", self.alpha, transport.ALPHA_MODES)
             else:
@@ -63,9 +79,10 @@ class OTTVid(Compressor):
         T, N, D = x.shape
         H, W = video.grid_hw
         dev = x.device
+        llava = p.variant == "llava"
 
-        # 1. Spatial stage (Eq. 1): K tokens per frame, raster order.
-        K = spatial.keep_per_frame(N, p.r_s)
+        # 1. Spatial stage (Eq. 1): K tokens per frame, raster order (K by floor; LLaVA path: by round).
+        K = budget.llava_keep_per_frame(N, p.r_s) if llava else spatial.keep_per_frame(N, p.r_s)
         # the similarity, and (float32 input: same dtype as the official alpha) the co-located cosines of alpha_t
         sim, colocated = None, None
         if p.spatial in ("coverage", "scope", "divprune"):
@@ -81,19 +98,22 @@ class OTTVid(Compressor):
         kept = x.reshape(T * N, D).index_select(0, slots).float().view(T, K, D)
         positions = video.grid_positions().reshape(T * N, 3).index_select(0, slots).view(T, K, 3)
 
-        # 2. Merge budget: B_tot = T*K - round(r*T*N).
-        B_tot = budget.total_budget(T, K, N, p.retention)
-        stats = {"tokens_in": T * N, "K": K, "B_tot": B_tot, "r_s": p.r_s}
+        # 2. Merge budget: B_tot = T*K - round(r*T*N) (LLaVA path: T*K - round(T*K*r/r_s)).
+        B_tot = budget.llava_total_budget(T, K, p.retention, p.r_s) if llava else budget.total_budget(T, K, N, p.retention)
+        stats = {"tokens_in": T * N, "K": K, "B_tot": B_tot, "r_s": p.r_s, "variant": p.variant}
         if T < 2 or B_tot <= 0:
             return self._output(kept.reshape(T * K, D), positions.reshape(T * K, 3), x.dtype,
                                 {**stats, "W_t": [], "B_t": [], "alpha_t": [], "n_merged": 0, "n_pruned": 0})
 
         # 3. Mass (Eq. 2-3), cost (Eq. 4-5), Sinkhorn plans (Eq. 6), difficulty W_t (Eq. 7).
         tau_m = math.inf if p.mass == "uniform" else p.tau_m
-        w = spatial.normalized_saliency(video.saliency)
+        # LLaVA path: the LOO weights see the kept tokens' saliency only (the rest: their frame mean)
+        w = spatial.normalized_saliency(mass.fill_unselected(video.saliency, sel) if llava else video.saliency)
         m = mass.mass_for(p.spatial, sim=sim, saliency=video.saliency, sel=sel, kept=kept, w=w, tau_m=tau_m)
+        if llava and math.isinf(tau_m):
+            m = m / K   # its uniform mass is ones / K (Sinkhorn renormalises: not always the same bits as ones)
         alpha_t = transport.pair_alpha(x, video.grid_hw, p.alpha, colocated=colocated)
-        pos = transport.grid_coords(H, W, dev)[sel]
+        pos = llava_coords(sel) if llava else transport.grid_coords(H, W, dev)[sel]
         C = transport.pair_cost(kept, pos, alpha_t)
         plan = transport.sinkhorn(m[:-1], m[1:], C, p.sinkhorn_eps, p.sinkhorn_iters)
         W_t = transport.transport_difficulty(plan, C)

@@ -28,7 +28,7 @@ BASE_KEYS = {"retention", "seed", "limit", "batch_size", "force", "dry_run", "re
 
 # Keys of the backbone / benchmark groups the harness reads; any other key would change nothing.
 BACKBONE_KEYS = {"name", "family", "model", "pretrained", "tiny", "device", "dtype", "max_frames_num", "fps", "vtg",
-                 "fastvid_variant", "prompt_model", "model_args"}
+                 "fastvid_variant", "ottvid_variant", "prompt_model", "model_args"}
 BENCHMARK_KEYS = {"name", "task", "metric", "scale", "family", "column", "synthetic", "include_defaults", "model_args"}
 
 

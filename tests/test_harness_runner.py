@@ -46,6 +46,15 @@ def test_table1_plan_is_exactly_the_paper_grid(tmp_path):
     # FastVID runs its official Qwen2.5-VL port on Qwen2.5-VL (the backbone config chooses the variant)
     assert {c.hparams["variant"] for c, _, _ in cells if c.method == "fastvid"} == {"qwen2_5_vl"}
     assert all(set(c.hparams) == set(ottvid.method_params(c.method)) for c, _, _ in cells)
+    assert {c.hparams["variant"] for c, _, _ in cells if c.method == "ottvid"} == {"qwen2_5_vl"}
+
+
+def test_table2_ottvid_follows_the_official_llava_path(tmp_path):
+    """OTT-Vid's official LLaVA path on the LLaVA backbones (backbone config `ottvid_variant`)."""
+    _, cells, _ = plan(["experiment=table2", f"results_dir={tmp_path}"])
+    ott = [c for c, _, _ in cells if c.method == "ottvid"]
+    assert ott and {c.backbone["name"] for c in ott} <= {"llava_ov_7b", "llava_video_7b"}
+    assert {c.hparams["variant"] for c in ott} == {"llava"}
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -27,6 +27,15 @@ def uniform_mass(T: int, K: int, device: torch.device) -> torch.Tensor:
     return torch.ones(T, K, device=device)
 
 
+def fill_unselected(saliency: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """(T, N) saliency as the official LLaVA path rebuilds it for the mass: it keeps only the
+    selected tokens' saliency, so every other token gets the frame's mean selected saliency
+    (in the saliency's dtype); the selected positions keep their own value."""
+    s_sel = torch.gather(saliency, 1, sel)
+    full = s_sel.mean(dim=1, keepdim=True).expand(-1, saliency.shape[1]).clone()
+    return full.scatter_(1, sel, s_sel)
+
+
 def _loo_gaps(sim: torch.Tensor, sel: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     """Eq. 2: u_k = sum_{i: k^(i)=k} w_i max(0, sigma_i1 - sigma_i2) over all N tokens of the frame."""
     T, N, _ = sim.shape
