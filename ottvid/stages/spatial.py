@@ -90,17 +90,21 @@ def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
 
 
 def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: torch.Tensor | None,
-                   cand: torch.Tensor, frames: torch.Tensor | None = None, symmetric: bool = False) -> torch.Tensor:
+                   cand: torch.Tensor, frames: torch.Tensor | None = None, symmetric: bool = False,
+                   row0: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i) of the (F, m) candidates
     `cand` of `frames` (default: every frame). As in a full step, the clamped (F, N, m) columns are
     contracted with the cover weights c by one transposed `bmm`, so a candidate's gain has the
     same bits whichever subset it is evaluated in (checked in the tests). `symmetric` (sim equal to
-    its transpose) reads the columns as rows, which is cheaper than a gather.
+    its transpose) reads the columns as rows, which is cheaper than a gather; `row0` may pass the
+    (T,) first flat row t*N of every frame.
     """
     T, N, _ = sim.shape
     F_, m = cand.shape
     if symmetric:   # columns are rows: contiguous row copies, then one transposing copy
-        base = (torch.arange(T, device=cand.device) if frames is None else frames).view(-1, 1) * N
+        if row0 is None:
+            row0 = torch.arange(T, device=cand.device) * N
+        base = (row0 if frames is None else row0.index_select(0, frames)).view(-1, 1)
         rows = sim.reshape(T * N, N).index_select(0, (base + cand).reshape(-1)).view(F_, m, N)
     if frames is not None:
         mu, cover_w = mu.index_select(0, frames), cover_w.index_select(0, frames)
@@ -151,7 +155,7 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
         while k > 0:
             src = bound if frames is None else bound.index_select(0, frames)
             vals, cand = src.topk(min(m + 1, N), dim=1)
-            g = coverage_gains(sim, mu, cover_w, cand_w, cand[:, :m], frames, symmetric)
+            g = coverage_gains(sim, mu, cover_w, cand_w, cand[:, :m], frames, symmetric, rows)
             if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
                 g.masked_fill_(vals[:, :m] == neg_inf, neg_inf)
             src.scatter_(1, cand[:, :m], g)
