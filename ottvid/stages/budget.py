@@ -46,13 +46,13 @@ class Allocation:
 
 
 def _largest_remainder(share: torch.Tensor, total: int) -> torch.Tensor:
-    """floor(share), then +1 to the `leftover` largest fractional parts (ties to the lower index)."""
+    """floor(share), then +1 to the `leftover` largest fractional parts, picked by `torch.topk`
+    as the official code does (exact ties in its order, e.g. mirrored pairs of static video)."""
     base = share.floor()
     out = base.long()
     leftover = total - int(out.sum().item())
     if leftover > 0:
-        order = torch.sort(share - base, descending=True, stable=True).indices
-        out[order[:leftover]] += 1
+        out[torch.topk(share - base, k=leftover).indices] += 1
     return out
 
 
