@@ -7,46 +7,70 @@ from dataclasses import dataclass
 import torch
 
 
+def greedy_matches(plan: torch.Tensor, B_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-B_t plan entries per pair with each frame-(t+1) token (column) used at most once.
+
+    The official matcher walks the entries of P_t in `torch.topk` order, fetching
+    min(5 B_t, K^2) at a time (fetched entries then masked out), and accepts (i, j) unless
+    column j is taken, until B_t are accepted. Without exact ties among the entries it can
+    reach (those >= the B_t-th accepted value) that order is the descending one, and the walk
+    is the same as ranking the columns by their best entry and keeping the first B_t, done here
+    for all pairs at once (`_rank_columns`); pairs with such ties (uniform mass saturates many
+    entries at 1/K) are walked in topk's own order (`_topk_walk`).
+    Returns (accepted (P, K) bool over columns j, parent row i (P, K)).
+    """
+    accepted, parent_row, v_B = _rank_columns(plan, B_t)
+    P = plan.shape[0]
+    desc = plan.reshape(P, -1).sort(dim=1, descending=True).values
+    reach = desc >= v_B.unsqueeze(1)
+    tied = ((desc[:, 1:] == desc[:, :-1]) & reach[:, 1:]).any(dim=1) & (B_t > 0)
+    for p in tied.nonzero().flatten().tolist():
+        accepted[p], parent_row[p] = _topk_walk(plan[p], int(B_t[p]))
+    return accepted, parent_row
+
+
+def _rank_columns(plan: torch.Tensor, B_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Columns ranked by their best entry (ties to the lower flat index i*K+j), first B_t kept;
+    also the B_t-th accepted value per pair (+inf where B_t = 0)."""
+    P, K, _ = plan.shape
+    row = plan.argmax(dim=1)                                    # first max: lowest i on ties
+    best = torch.gather(plan, 1, row.unsqueeze(1)).squeeze(1)   # (P, K)
+    flat = row * K + torch.arange(K, device=plan.device)
+    by_flat = flat.argsort(dim=1, stable=True)
+    ranked = torch.sort(torch.gather(best, 1, by_flat), dim=1, descending=True, stable=True)
+    order = torch.gather(by_flat, 1, ranked.indices)            # columns, best first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(K, device=plan.device).expand(P, K))
+    B = B_t.clamp(0, K)
+    v_B = torch.gather(ranked.values, 1, (B - 1).clamp_min(0).view(P, 1)).squeeze(1)
+    v_B = torch.where(B > 0, v_B, torch.full_like(v_B, float("inf")))
+    return rank < B_t.view(P, 1), row, v_B
+
+
 #: the official matcher fetches budget * 5 plan entries per `torch.topk` call
 TOPK_SAFETY = 5
 
 
-def greedy_matches(plan: torch.Tensor, B_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-B_t plan entries per pair with each frame-(t+1) token (column) used at most once.
-
-    As the official matcher: the entries of P_t are fetched in `torch.topk` order,
-    min(5 B_t, K^2) at a time (fetched entries are then masked out), and (i, j) is accepted
-    unless column j is taken, until B_t are accepted. The walk over one fetch is vectorised
-    (first occurrence of each column); exact ties follow `torch.topk`'s own order, which is
-    why every pair gets its own `topk` call with the official k.
-    Returns (accepted (P, K) bool over columns j, parent row i (P, K)).
-    """
-    P, K, _ = plan.shape
-    dev = plan.device
-    accepted = torch.zeros(P, K, dtype=torch.bool, device=dev)
-    parent_row = torch.zeros(P, K, dtype=torch.long, device=dev)
-    total = K * K
-    for p, b in enumerate(B_t.tolist()):
-        if b <= 0:
-            continue
-        flat = plan[p].reshape(-1).clone()
-        taken = accepted[p]
-        n = fetched = 0
-        while n < b and fetched < total:
-            k = min(b * TOPK_SAFETY, total - fetched)
-            idx = torch.topk(flat, k).indices
-            flat[idx] = float("-inf")
-            fetched += k
-            col = idx % K
-            pos = torch.arange(k, device=dev)
-            first = torch.full((K,), k, dtype=torch.long, device=dev).scatter_reduce_(0, col, pos, reduce="amin")
-            new = (first[col] == pos) & ~taken[col]          # first sight of a free column, in topk order
-            keep = idx[new][: b - n]
-            j = keep % K
-            taken[j] = True
-            parent_row[p, j] = keep // K
-            n += int(keep.numel())
-    return accepted, parent_row
+def _topk_walk(plan_t: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official walk over one (K, K) plan, in `torch.topk` order, vectorised per fetch."""
+    K = plan_t.shape[0]
+    dev = plan_t.device
+    taken = torch.zeros(K, dtype=torch.bool, device=dev)
+    parent = torch.zeros(K, dtype=torch.long, device=dev)
+    flat = plan_t.reshape(-1).clone()
+    n = fetched = 0
+    while n < b and fetched < K * K:
+        k = min(b * TOPK_SAFETY, K * K - fetched)
+        idx = torch.topk(flat, k).indices
+        flat[idx] = float("-inf")
+        fetched += k
+        col = idx % K
+        pos = torch.arange(k, device=dev)
+        first = torch.full((K,), k, dtype=torch.long, device=dev).scatter_reduce_(0, col, pos, reduce="amin")
+        keep = idx[(first[col] == pos) & ~taken[col]][: b - n]   # first sight of a free column
+        taken[keep % K] = True
+        parent[keep % K] = keep // K
+        n += int(keep.numel())
+    return taken, parent
 
 
 @dataclass
