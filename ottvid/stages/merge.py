@@ -21,9 +21,13 @@ def greedy_matches(plan: torch.Tensor, B_t: torch.Tensor) -> tuple[torch.Tensor,
     """
     accepted, parent_row, v_B = _rank_columns(plan, B_t)
     P = plan.shape[0]
-    desc = plan.reshape(P, -1).sort(dim=1, descending=True).values
-    reach = desc >= v_B.unsqueeze(1)
-    tied = ((desc[:, 1:] == desc[:, :-1]) & reach[:, 1:]).any(dim=1) & (B_t > 0)
+    flat = plan.reshape(P, -1)
+    reach = (flat >= v_B.unsqueeze(1)).sum(dim=1)                # entries the walk can reach
+    k = int(reach.max()) if P else 0
+    if k < 2:
+        return accepted, parent_row
+    desc = flat.topk(k, dim=1).values                            # sorted, largest first
+    tied = ((desc[:, 1:] == desc[:, :-1]) & (torch.arange(1, k, device=plan.device) < reach.unsqueeze(1))).any(dim=1)
     for p in tied.nonzero().flatten().tolist():
         accepted[p], parent_row[p] = _topk_walk(plan[p], int(B_t[p]))
     return accepted, parent_row
