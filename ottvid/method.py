@@ -19,16 +19,6 @@ from .registry import Compressor, check_choice, check_int, check_range, check_re
 from .stages import budget, mass, merge, spatial, transport
 
 VARIANTS = ("qwen2_5_vl", "llava")
-#: the grid the official LLaVA path reads kept indices with, whatever the real grid (it never
-#: passes grid_hw, so LLaVA-OV's 14x14 indices are read as rows of 13: cost coordinates only)
-OFFICIAL_LLAVA_GRID = (13, 13)
-
-
-def llava_coords(sel: torch.Tensor, grid_hw: tuple[int, int] = OFFICIAL_LLAVA_GRID) -> torch.Tensor:
-    """(T, K) local indices -> (T, K, 2) cost coordinates of the official LLaVA path:
-    ((n // W) / (H - 1), (n % W) / (W - 1)) in float32, with (H, W) = (13, 13) by default."""
-    H, W = grid_hw
-    return torch.stack([(sel // W).float() / max(1, H - 1), (sel % W).float() / max(1, W - 1)], dim=-1)
 
 
 @register("ottvid")
@@ -82,7 +72,7 @@ class OTTVid(Compressor):
         llava = p.variant == "llava"
 
         # 1. Spatial stage (Eq. 1): K tokens per frame, raster order (K by floor; LLaVA path: by round).
-        K = budget.llava_keep_per_frame(N, p.r_s) if llava else spatial.keep_per_frame(N, p.r_s)
+        K = spatial.keep_per_frame(N, p.r_s, by_round=llava)
         # the similarity, and (float32 input: same dtype as the official alpha) the co-located cosines of alpha_t
         sim, colocated = None, None
         if p.spatial in ("coverage", "scope", "divprune"):
@@ -113,7 +103,7 @@ class OTTVid(Compressor):
         if llava and math.isinf(tau_m):
             m = m / K   # its uniform mass is ones / K (Sinkhorn renormalises: not always the same bits as ones)
         alpha_t = transport.pair_alpha(x, video.grid_hw, p.alpha, colocated=colocated)
-        pos = llava_coords(sel) if llava else transport.grid_coords(H, W, dev)[sel]
+        pos = transport.llava_coords(sel) if llava else transport.grid_coords(H, W, dev)[sel]
         C = transport.pair_cost(kept, pos, alpha_t)
         plan = transport.sinkhorn(m[:-1], m[1:], C, p.sinkhorn_eps, p.sinkhorn_iters)
         W_t = transport.transport_difficulty(plan, C)

@@ -7,8 +7,8 @@ import torch
 
 from conftest import fixture_video, load_fixture, none_to_inf, synthetic_video
 from ottvid import build_compressor
-from ottvid.method import OTTVid, llava_coords
-from ottvid.stages import budget, mass
+from ottvid.method import OTTVid
+from ottvid.stages import budget, mass, spatial, transport
 
 CASES = ["llava_a", "llava_b", "llava_c"]
 
@@ -56,7 +56,7 @@ def test_count_is_the_keep_target(T, H, W, r):
 
 def test_paper_shape_counts():
     """The counts of the README: LLaVA-OV T=32, 14x14, r=0.10 -> 625 (Qwen path: 627)."""
-    assert budget.llava_keep_per_frame(196, 0.1 ** 0.7) == 39
+    assert spatial.keep_per_frame(196, 0.1 ** 0.7, by_round=True) == 39
     assert 32 * 39 - budget.llava_total_budget(32, 39, 0.1, 0.1 ** 0.7) == 625
     assert 32 * 39 - budget.total_budget(32, 39, 196, 0.1) == 627
 
@@ -87,7 +87,7 @@ def test_positions_are_real_grid_slots():
 
 def test_llava_coords_read_rows_of_13():
     sel = torch.tensor([[0, 12, 13, 195]])
-    c = llava_coords(sel)
+    c = transport.llava_coords(sel)
     assert torch.equal(c[0, :, 0], torch.tensor([0.0, 0.0, 1.0, 15.0]) / 12)
     assert torch.equal(c[0, :, 1], torch.tensor([0.0, 12.0, 0.0, 0.0]) / 12)
 

@@ -16,14 +16,6 @@ def total_budget(T: int, K: int, N: int, r: float) -> int:
     return max(0, T * K - int(round(T * N * r)))
 
 
-def llava_keep_per_frame(N: int, r_s: float) -> int:
-    """K on the official LLaVA path: max(1, round(N * r_s)) (Python float64, half to even);
-    r_s >= 1 keeps the whole frame. The Qwen path floors instead (`spatial.keep_per_frame`)."""
-    if r_s >= 1.0:
-        return N
-    return min(N, max(1, int(round(N * r_s))))
-
-
 def llava_total_budget(T: int, K: int, r: float, r_s: float) -> int:
     """B_tot on the official LLaVA path: T*K minus keep = max(1, round(T*K * (r / max(r_s, 1e-6)))).
 

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 SPATIAL_METHODS = ("coverage", "topk", "divprune", "adts", "scope")
 
 
-def keep_per_frame(N: int, r_s: float) -> int:
-    """K = max(1, floor(N * r_s)) capped at N; r_s >= 1 keeps the whole frame (official Qwen path)."""
+def keep_per_frame(N: int, r_s: float, by_round: bool = False) -> int:
+    """K = max(1, floor(N * r_s)) capped at N (official Qwen path); by_round=True: round(N * r_s)
+    (Python float64, half to even; official LLaVA path). r_s >= 1 keeps the whole frame."""
     if r_s >= 1.0:
         return N
-    return min(N, max(1, int(N * r_s)))
+    return min(N, max(1, int(round(N * r_s)) if by_round else int(N * r_s)))
 
 
 def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int = 1 << 22):
@@ -101,15 +102,14 @@ def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, c
     """
     T, N, _ = sim.shape
     F_, m = cand.shape
+    if frames is not None:
+        mu, cover_w = mu.index_select(0, frames), cover_w.index_select(0, frames)
+        cand_w = None if cand_w is None else cand_w.index_select(0, frames)
     if symmetric:   # columns are rows: contiguous row copies, then one transposing copy
         if row0 is None:
             row0 = torch.arange(T, device=cand.device) * N
         base = (row0 if frames is None else row0.index_select(0, frames)).view(-1, 1)
         rows = sim.reshape(T * N, N).index_select(0, (base + cand).reshape(-1)).view(F_, m, N)
-    if frames is not None:
-        mu, cover_w = mu.index_select(0, frames), cover_w.index_select(0, frames)
-        cand_w = None if cand_w is None else cand_w.index_select(0, frames)
-    if symmetric:
         diff = rows.sub_(mu.unsqueeze(1)).clamp_min_(0).transpose(1, 2).contiguous()   # (F, N, m)
     else:
         sub = sim if frames is None else sim.index_select(0, frames)

@@ -16,6 +16,19 @@ def grid_coords(H: int, W: int, device: torch.device) -> torch.Tensor:
     return torch.stack([gy.flatten(), gx.flatten()], dim=-1)
 
 
+#: the grid the official LLaVA path reads kept indices with, whatever the real grid (it never
+#: passes grid_hw, so LLaVA-OV's 14x14 indices are read as rows of 13: cost coordinates only)
+OFFICIAL_LLAVA_GRID = (13, 13)
+
+
+def llava_coords(sel: torch.Tensor, grid_hw: tuple[int, int] = OFFICIAL_LLAVA_GRID) -> torch.Tensor:
+    """(T, K) local indices -> (T, K, 2) cost coordinates of the official LLaVA path:
+    ((n // W) / (H - 1), (n % W) / (W - 1)) in float32, with (H, W) = (13, 13) by default
+    (division, not `grid_coords`' linspace: they differ by an ulp at 5/12 and 8/12)."""
+    H, W = grid_hw
+    return torch.stack([(sel // W).float() / max(1, H - 1), (sel % W).float() / max(1, W - 1)], dim=-1)
+
+
 def pair_alpha(features: torch.Tensor, grid_hw: tuple[int, int], alpha: str | float,
                colocated: torch.Tensor | None = None) -> torch.Tensor:
     """alpha_t = 1 - clamp(s_t, 0, 1) / 2 (Sec. 3.3), s_t from the pre-pruning frames t, t+1.
