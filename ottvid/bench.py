@@ -99,7 +99,9 @@ def load_official_ottvid(root: str | os.PathLike) -> dict:
     its spatial and temporal modules import only torch. From the Qwen2.5-VL backbone
     module, which patches transformers classes, only the compression glue is taken: the
     functions `_run_spatial`, `_run_temporal` and the leave-one-out mass they call,
-    compiled from the file's own source. Returns {"PipelineConfig", "run_spatial", "run_temporal"}.
+    compiled from the file's own source into `ottvid_official.backbones.qwen2_5_vl` (where the
+    LLaVA backbone module imports that mass from). Returns {"PipelineConfig", "run_spatial",
+    "run_temporal"}.
     """
     pkg_dir = pathlib.Path(root) / "ottvid"
     glue = pkg_dir / "backbones" / "qwen2_5_vl.py"
@@ -131,11 +133,12 @@ def load_official_ottvid(root: str | os.PathLike) -> dict:
     body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
     if {n.name for n in body} != wanted:
         raise ValueError(f"official_ottvid: {glue} lacks {sorted(wanted - {n.name for n in body})}")
-    scope = {"__name__": f"{name}.backbones.glue", "__package__": backbones.__name__,
-             "torch": torch, "F": torch.nn.functional, "os": os}
-    exec(compile(ast.Module(body=body, type_ignores=[]), str(glue), "exec"), scope)
-    return {"PipelineConfig": config.PipelineConfig, "run_spatial": scope["_run_spatial"],
-            "run_temporal": scope["_run_temporal"]}
+    qwen = types.ModuleType(f"{name}.backbones.qwen2_5_vl")
+    qwen.__dict__.update(__package__=backbones.__name__, torch=torch, F=torch.nn.functional, os=os)
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(glue), "exec"), qwen.__dict__)
+    sys.modules[qwen.__name__] = qwen
+    return {"PipelineConfig": config.PipelineConfig, "run_spatial": qwen._run_spatial,
+            "run_temporal": qwen._run_temporal}
 
 
 def official_ottvid(official: dict, video: VideoTokens, retention: float = 0.10) -> tuple[torch.Tensor, torch.Tensor]:
