@@ -6,8 +6,12 @@ indices sorted ascending (raster order), as the official code does.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+
+from . import script
 
 SPATIAL_METHODS = ("coverage", "topk", "divprune", "adts", "scope")
 
@@ -90,33 +94,39 @@ def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
     return w / (w.sum(dim=-1, keepdim=True) + 1e-8)
 
 
-def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: torch.Tensor | None,
-                   cand: torch.Tensor, frames: torch.Tensor | None = None, symmetric: bool = False,
-                   row0: torch.Tensor | None = None) -> torch.Tensor:
+def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
+                   cand: torch.Tensor, frames: Optional[torch.Tensor] = None, symmetric: bool = False,
+                   row0: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i) of the (F, m) candidates
     `cand` of `frames` (default: every frame). As in a full step, the clamped (F, N, m) columns are
     contracted with the cover weights c by one transposed `bmm`, so a candidate's gain has the
     same bits whichever subset it is evaluated in (checked in the tests). `symmetric` (sim equal to
     its transpose) reads the columns as rows, which is cheaper than a gather; `row0` may pass the
-    (T,) first flat row t*N of every frame.
+    (T,) first flat row t*N of every frame. TorchScript-compatible (`coverage_select`).
     """
-    T, N, _ = sim.shape
-    F_, m = cand.shape
+    T, N = sim.shape[0], sim.shape[1]
+    F_, m = cand.shape[0], cand.shape[1]
     if frames is not None:
         mu, cover_w = mu.index_select(0, frames), cover_w.index_select(0, frames)
-        cand_w = None if cand_w is None else cand_w.index_select(0, frames)
+        if cand_w is not None:
+            cand_w = cand_w.index_select(0, frames)
     if symmetric:   # columns are rows: contiguous row copies, then one transposing copy
         if row0 is None:
             row0 = torch.arange(T, device=cand.device) * N
-        base = (row0 if frames is None else row0.index_select(0, frames)).view(-1, 1)
-        rows = sim.reshape(T * N, N).index_select(0, (base + cand).reshape(-1)).view(F_, m, N)
+        if frames is not None:
+            row0 = row0.index_select(0, frames)
+        rows = sim.reshape(T * N, N).index_select(0, (row0.view(-1, 1) + cand).reshape(-1)).view(F_, m, N)
         diff = rows.sub_(mu.unsqueeze(1)).clamp_min_(0).transpose(1, 2).contiguous()   # (F, N, m)
     else:
-        sub = sim if frames is None else sim.index_select(0, frames)
+        sub = sim
+        if frames is not None:
+            sub = sim.index_select(0, frames)
         diff = torch.gather(sub, 2, cand.unsqueeze(1).expand(F_, N, m))             # (F, N, m): sim[f, i, cand]
         diff.sub_(mu.unsqueeze(2)).clamp_min_(0)
     gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
-    return gain if cand_w is None else torch.gather(cand_w, 1, cand) * gain
+    if cand_w is not None:
+        gain = torch.gather(cand_w, 1, cand) * gain
+    return gain
 
 
 def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
@@ -134,26 +144,37 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     1e-6, or is 0 (a bound of 0 is the exact gain); undecided frames evaluate twice as many
     candidates, up to all N. The pick is then the argmax of `bound` (lowest index on ties),
     which is the full re-evaluation's argmax: every fresh gain is computed as in the full step
-    (`coverage_gains`) and no unevaluated bound can reach the best.
+    (`coverage_gains`) and no unevaluated bound can reach the best. The loop runs in TorchScript
+    on CPU (`script.run`: the same kernels, fewer interpreter cycles between them).
     """
-    T, N, _ = sim.shape
-    K = min(K, N)
-    dev = sim.device
-    mu = sim.new_zeros(T, N)
+    N = sim.shape[1]
     cover_w = w if weight == "covered" else torch.full_like(w, 1.0 / N)
     cand_w = w if weight == "candidate" else None
-    picks = torch.empty(T, K, dtype=torch.long, device=dev)
+    return script.run(_coverage_loop, sim, cover_w, cand_w, min(K, N), probe)
+
+
+def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], K: int,
+                   probe: int) -> torch.Tensor:
+    """`coverage_select`'s greedy (TorchScript-compatible): (T, K) picks, sorted per frame."""
+    T, N = sim.shape[0], sim.shape[1]
+    dev = sim.device
+    mu = torch.zeros([T, N], dtype=sim.dtype, device=dev)
+    picks = torch.empty([T, K], dtype=torch.long, device=dev)
     neg_inf = float("-inf")
     # step 0 (mu = 0): every gain, as one full bmm
-    gain = torch.bmm(sim.clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
-    bound = gain if cand_w is None else cand_w * gain
+    bound = torch.bmm(sim.clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
+    if cand_w is not None:
+        bound = cand_w * bound
     symmetric = bool(torch.equal(sim, sim.transpose(1, 2)))   # always on CPU (`gram_into`)
     flat = sim.reshape(T * N, N)
     rows = torch.arange(T, device=dev) * N
     for k in range(K):
-        frames, m = None, min(probe, N)
+        frames: Optional[torch.Tensor] = None
+        m = min(probe, N)
         while k > 0:
-            src = bound if frames is None else bound.index_select(0, frames)
+            src = bound
+            if frames is not None:
+                src = bound.index_select(0, frames)
             vals, cand = src.topk(min(m + 1, N), dim=1)
             g = coverage_gains(sim, mu, cover_w, cand_w, cand[:, :m], frames, symmetric, rows)
             if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
@@ -168,12 +189,18 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
             open_ = rest >= g.amax(dim=1).mul_(1 - 1e-6).clamp_min_(1e-45)
             if not bool(open_.any()):
                 break
-            frames = open_.nonzero().squeeze(1) if frames is None else frames[open_]
+            if frames is None:
+                frames = open_.nonzero().squeeze(1)
+            else:
+                frames = frames[open_]
             m = min(2 * m, N)
         best = bound.argmax(dim=1)
         picks[:, k] = best
         bound.scatter_(1, best.unsqueeze(1), neg_inf)
-        col = flat.index_select(0, rows + best) if symmetric else torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
+        if symmetric:
+            col = flat.index_select(0, rows + best)
+        else:
+            col = torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
         torch.maximum(mu, col, out=mu)
     return picks.sort(dim=1).values
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from . import script
 
 ALPHA_MODES = ("position", "kernel", "global")
 
@@ -95,22 +98,9 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
     if eps < 0.05:
         log_a, log_b = a.clamp_min(1e-30).log(), b.clamp_min(1e-30).log()
         log_K = -C / eps
-        log_u, log_v = torch.zeros_like(log_a), torch.zeros_like(log_b)
-        buf = torch.empty_like(log_K)
         # finite costs keep every potential finite (each sum holds exp(0) = 1): no inf guard needed
         fin = bool(torch.isfinite(log_K).all()) and bool(torch.isfinite(log_a).all()) and bool(torch.isfinite(log_b).all())
-        # every buffer and view made once: each half-step is 9 kernels, no allocation
-        P, K = log_a.shape
-        lu_col, lv_row = log_u.unsqueeze(-1), log_v.unsqueeze(-2)     # views of the updated potentials
-        mx_c, mx_r = log_b.new_empty(P, 1, K), log_a.new_empty(P, K, 1)
-        lse_c, lse_r = torch.empty_like(log_b), torch.empty_like(log_a)
-        col_step = (buf, -2, fin, mx_c, lse_c, mx_c.view(P, K))
-        row_step = (buf, -1, fin, mx_r, lse_r, mx_r.view(P, K))
-        for _ in range(iters):
-            torch.add(log_K, lu_col, out=buf)
-            torch.sub(log_b, _logsumexp_into(*col_step), out=log_v)
-            torch.add(log_K, lv_row, out=buf)
-            torch.sub(log_a, _logsumexp_into(*row_step), out=log_u)
+        log_u, log_v = script.run(_log_sinkhorn_loop, log_K, log_a, log_b, iters, fin)
         return (log_u.unsqueeze(-1) + log_K + log_v.unsqueeze(-2)).exp()
     K_mat = torch.exp(-C / eps)
     u = torch.ones_like(a)
@@ -120,13 +110,34 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
     return u.unsqueeze(2) * K_mat * v.unsqueeze(1)
 
 
+def _log_sinkhorn_loop(log_K: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, iters: int,
+                       finite: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`sinkhorn`'s log-domain iterations (TorchScript-compatible): the potentials (log u, log v).
+
+    Every buffer and view is made once: each half-step is 9 kernels, no allocation.
+    """
+    P, K = log_a.shape[0], log_a.shape[1]
+    log_u, log_v = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    buf = torch.empty_like(log_K)
+    lu_col, lv_row = log_u.unsqueeze(-1), log_v.unsqueeze(-2)     # views of the updated potentials
+    mx_c, mx_r = log_b.new_empty([P, 1, K]), log_a.new_empty([P, K, 1])
+    lse_c, lse_r = torch.empty_like(log_b), torch.empty_like(log_a)
+    mx_c_flat, mx_r_flat = mx_c.view(P, K), mx_r.view(P, K)
+    for _ in range(iters):
+        torch.add(log_K, lu_col, out=buf)
+        torch.sub(log_b, _logsumexp_into(buf, -2, finite, mx_c, lse_c, mx_c_flat), out=log_v)
+        torch.add(log_K, lv_row, out=buf)
+        torch.sub(log_a, _logsumexp_into(buf, -1, finite, mx_r, lse_r, mx_r_flat), out=log_u)
+    return log_u, log_v
+
+
 #: exp(x) for x below about -87.3 is a float32 denormal, which the vectorised CPU exp computes
 #: ~50x slower; log-sum-exp terms are clamped to exp(-87) ~ 1.6e-38 instead (see _logsumexp_into).
 _LSE_FLOOR = -87.0
 
 
-def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False, mx: torch.Tensor | None = None,
-                    out: torch.Tensor | None = None, mx_flat: torch.Tensor | None = None) -> torch.Tensor:
+def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False, mx: Optional[torch.Tensor] = None,
+                    out: Optional[torch.Tensor] = None, mx_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
     """torch.logsumexp(z, dim) computed as torch does it (max shift, inf-safe), overwriting z.
 
     finite=True skips the infinite-max guard, a no-op when every z is finite. `mx` (the keepdim
@@ -137,11 +148,20 @@ def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False, mx: torch.T
     them (< 1e-34) sit far below half an ulp of the sum: the result keeps torch's bits (checked
     against torch.logsumexp in the tests) while the exp avoids its slow denormal path.
     """
-    mx = torch.amax(z, dim=dim, keepdim=True, out=mx)
+    if mx is None:
+        mx = torch.amax(z, dim=[dim], keepdim=True)
+    else:
+        torch.amax(z, dim=[dim], keepdim=True, out=mx)
     if not finite:
-        mx.masked_fill_(mx.abs() == math.inf, 0.0)
-    z.sub_(mx).clamp_min_(_LSE_FLOOR).exp_()
-    return torch.sum(z, dim=dim, out=out).log_().add_(mx.squeeze(dim) if mx_flat is None else mx_flat)
+        mx.masked_fill_(mx.abs() == float("inf"), 0.0)
+    z.sub_(mx).clamp_min_(-87.0).exp_()    # _LSE_FLOOR, as a literal: TorchScript reads no module globals
+    if out is None:
+        out = torch.sum(z, dim=[dim])
+    else:
+        torch.sum(z, dim=[dim], out=out)
+    if mx_flat is None:
+        mx_flat = mx.squeeze(dim)
+    return out.log_().add_(mx_flat)
 
 
 def transport_difficulty(plan: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
