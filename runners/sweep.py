@@ -413,7 +413,10 @@ def _via_torchrun(argv: list[str], gpus: str | None) -> int:
     every task's requests by rank and gathers them on rank 0, which writes the cells)."""
     import torch
 
-    n = int(gpus) if gpus else (torch.cuda.device_count() or 1)
+    try:
+        n = int(gpus) if gpus else (torch.cuda.device_count() or 1)
+    except ValueError:
+        n = 0
     if n < 1:
         print(f"error: gpus={gpus!r}: must be a positive integer", file=sys.stderr)
         return 2

@@ -116,6 +116,12 @@ def test_killed_group_resumes_at_the_first_unfinished_cell_sample(tmp_path, monk
     assert {k: comparable(v) for k, v in recs.items()} == {k: comparable(v) for k, v in ref.items()}
 
 
+@pytest.mark.parametrize("gpus", ["abc", "0", "-2", "1.5"])
+def test_torchrun_launcher_rejects_a_bad_gpu_count(gpus, capsys):
+    assert sweep._via_torchrun([], gpus) == 2
+    assert f"gpus={gpus!r}: must be a positive integer" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_under_torchrun_equal_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
