@@ -15,7 +15,7 @@ wrapper's own default). `--task T --doc ID`: the video and the context come from
 `resized_hw`, `video_grid_thw`, `second_per_grid_ts`, `prompt_text`, `input_ids`, `position_ids`,
 `rope_deltas`, `pixel_values_videos` {shape, sum, sumsq, sum_per_grid_t}, ...) plus token counts. With
 `--method`, `input_ids` and `position_ids` are those of the compressed sequence (one id per kept token;
-`position_ids` (3, L) on Qwen2.5-VL, (L,) on LLaVA).
+on LLaVA null where an `image_newline` embedding sits; `position_ids` (3, L) on Qwen2.5-VL, (L,) on LLaVA).
 """
 from __future__ import annotations
 
@@ -135,6 +135,23 @@ def _pixel_stats(pv: torch.Tensor, grid: torch.Tensor | None) -> dict:
     return out
 
 
+def _llm_input_ids(adapter, ids: torch.Tensor, extras: dict, L: int) -> list | None:
+    """The token id of every position the LLM receives: the kept ids (Qwen2.5-VL), or on LLaVA the
+    prompt with one video token id per kept token and null where an `image_newline` embedding sits
+    (it has no id); None if that does not account for all L positions."""
+    keep = extras.get("keep_index")
+    if keep is not None:
+        sent = ids[keep].tolist()
+    elif "newline_mask" in extras:
+        vid_id = adapter.model.config.video_token_id
+        vid = (ids == vid_id).nonzero().flatten()
+        s, e = int(vid[0]), int(vid[-1]) + 1
+        sent = ids[:s].tolist() + [None if nl else vid_id for nl in extras["newline_mask"].tolist()] + ids[e:].tolist()
+    else:
+        sent = ids.tolist()
+    return sent if len(sent) == L else None
+
+
 @torch.no_grad()
 def inspect_sample(adapter, video_path: str, question: str, max_new_tokens: int = 0) -> dict:
     """Run the adapter's own steps on one sample and return what its LLM receives (fixture keys)."""
@@ -144,8 +161,6 @@ def inspect_sample(adapter, video_path: str, question: str, max_new_tokens: int 
     prep = adapter.prepare_encoded(enc)
     frames, inputs, video, out = enc.frames, enc.inputs, enc.video, prep.compressed
     ids = inputs["input_ids"][0]
-    keep = prep.extras.get("keep_index")
-    sent_ids = ids[keep] if keep is not None else ids
     pos = prep.position_ids
     pos = pos[:, 0] if pos.dim() == 3 else pos[0]
     L = prep.inputs_embeds.shape[1]
@@ -165,7 +180,7 @@ def inspect_sample(adapter, video_path: str, question: str, max_new_tokens: int 
         "second_per_grid_ts": (inputs["second_per_grid_ts"].reshape(-1).tolist()
                                if inputs.get("second_per_grid_ts") is not None else None),
         "prompt_text": inputs.get("prompt"),
-        "input_ids": sent_ids.tolist() if len(sent_ids) == L else None,
+        "input_ids": _llm_input_ids(adapter, ids, prep.extras, L),
         "position_ids": pos.tolist(),
         "rope_deltas": int(prep.next_position) - L,
         "decode_start_position": int(prep.next_position),

@@ -277,3 +277,23 @@ def test_inspect_prints_the_official_frames_and_prompt(fam, case, capsys):
     assert rec["frame_indices"] == exp["frame_indices"]
     assert rec["prompt_text"] == exp["prompt_vqa"]
     assert rec["tokens"]["visual_in"] == rec["tokens"]["visual_out"]  # vanilla
+
+
+@pytest.mark.parametrize("fam", ["llava_onevision", "llava_vid"])
+def test_inspect_input_ids_cover_the_llm_sequence_newlines_included(adapter, fam, capsys):
+    """With a compression method, every one of the L positions has an id, null at the newline embeddings."""
+    from ottvid import inspect
+
+    twin = {"llava_onevision": "tiny_llava_onevision", "llava_vid": "tiny_llava_video"}[fam]
+    assert inspect.main(["--backbone", twin, "--video", str(PROTO / "videos" / "v320x240_10fps_2s.mp4"),
+                         "--question", QUESTIONS["vqa"], "--max-frames", "4", "--method", "ottvid",
+                         "--retention", "0.25", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    ids, t = rec["input_ids"], rec["tokens"]
+    assert ids is not None and len(ids) == t["llm_input"] == len(rec["position_ids"])
+    newlines = ids.count(None)
+    assert newlines >= 1 and (fam == "llava_vid" or newlines == 1)   # LLaVA-OV: one after the video
+    vid = adapter(fam).model.config.video_token_id
+    assert ids.count(vid) == t["visual_out"]                       # one id per kept token
+    first, last = ids.index(vid), len(ids) - 1 - ids[::-1].index(vid)
+    assert all(i in (vid, None) for i in ids[first:last]) and ids[last + 1] is None   # the span ends in a newline
