@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
         log_K = -C / eps
         # finite costs keep every potential finite (each sum holds exp(0) = 1): no inf guard needed
         fin = bool(torch.isfinite(log_K).all()) and bool(torch.isfinite(log_a).all()) and bool(torch.isfinite(log_b).all())
-        log_u, log_v = script.run(_log_sinkhorn_loop, log_K, log_a, log_b, iters, fin)
+        log_u, log_v = script.run(_log_sinkhorn_loop, log_K, log_a, log_b, iters, fin, _LSE_FLOOR)
         return (log_u.unsqueeze(-1) + log_K + log_v.unsqueeze(-2)).exp()
     K_mat = torch.exp(-C / eps)
     u = torch.ones_like(a)
@@ -110,11 +110,17 @@ def sinkhorn(m_a: torch.Tensor, m_b: torch.Tensor, C: torch.Tensor, eps: float, 
     return u.unsqueeze(2) * K_mat * v.unsqueeze(1)
 
 
+#: exp(x) for x below about -87.3 is a float32 denormal, which the vectorised CPU exp computes
+#: ~50x slower; log-sum-exp terms are clamped to exp(-87) ~ 1.6e-38 instead (see _logsumexp_into).
+_LSE_FLOOR = -87.0
+
+
 def _log_sinkhorn_loop(log_K: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, iters: int,
-                       finite: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                       finite: bool, floor: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """`sinkhorn`'s log-domain iterations (TorchScript-compatible): the potentials (log u, log v).
 
-    Every buffer and view is made once: each half-step is 9 kernels, no allocation.
+    Every buffer and view is made once: each half-step is 9 kernels, no allocation. `floor` is
+    `_LSE_FLOOR` (an argument: TorchScript reads no module globals).
     """
     P, K = log_a.shape[0], log_a.shape[1]
     log_u, log_v = torch.zeros_like(log_a), torch.zeros_like(log_b)
@@ -125,42 +131,29 @@ def _log_sinkhorn_loop(log_K: torch.Tensor, log_a: torch.Tensor, log_b: torch.Te
     mx_c_flat, mx_r_flat = mx_c.view(P, K), mx_r.view(P, K)
     for _ in range(iters):
         torch.add(log_K, lu_col, out=buf)
-        torch.sub(log_b, _logsumexp_into(buf, -2, finite, mx_c, lse_c, mx_c_flat), out=log_v)
+        torch.sub(log_b, _logsumexp_into(buf, -2, finite, floor, mx_c, lse_c, mx_c_flat), out=log_v)
         torch.add(log_K, lv_row, out=buf)
-        torch.sub(log_a, _logsumexp_into(buf, -1, finite, mx_r, lse_r, mx_r_flat), out=log_u)
+        torch.sub(log_a, _logsumexp_into(buf, -1, finite, floor, mx_r, lse_r, mx_r_flat), out=log_u)
     return log_u, log_v
 
 
-#: exp(x) for x below about -87.3 is a float32 denormal, which the vectorised CPU exp computes
-#: ~50x slower; log-sum-exp terms are clamped to exp(-87) ~ 1.6e-38 instead (see _logsumexp_into).
-_LSE_FLOOR = -87.0
+def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool, floor: float, mx: torch.Tensor,
+                    out: torch.Tensor, mx_flat: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp(z, dim) computed as torch does it (max shift, inf-safe), overwriting z, into
+    the buffers `mx` (the keepdim max), its view `mx_flat` without `dim`, and `out`.
 
+    finite=True skips the infinite-max guard, a no-op when every z is finite.
 
-def _logsumexp_into(z: torch.Tensor, dim: int, finite: bool = False, mx: Optional[torch.Tensor] = None,
-                    out: Optional[torch.Tensor] = None, mx_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """torch.logsumexp(z, dim) computed as torch does it (max shift, inf-safe), overwriting z.
-
-    finite=True skips the infinite-max guard, a no-op when every z is finite. `mx` (the keepdim
-    max), its view `mx_flat` without `dim`, and `out` may be given as buffers.
-
-    One departure: shifted terms below -87 are raised to -87 before `exp`, i.e. summands under
-    1.6e-38 (denormals) become 1.6e-38. Every sum holds the max term exp(0) = 1, so even K of
+    One departure: shifted terms below `floor` (-87) are raised to it before `exp`, i.e. summands
+    under 1.6e-38 (denormals) become 1.6e-38. Every sum holds the max term exp(0) = 1, so even K of
     them (< 1e-34) sit far below half an ulp of the sum: the result keeps torch's bits (checked
     against torch.logsumexp in the tests) while the exp avoids its slow denormal path.
     """
-    if mx is None:
-        mx = torch.amax(z, dim=[dim], keepdim=True)
-    else:
-        torch.amax(z, dim=[dim], keepdim=True, out=mx)
+    torch.amax(z, dim=[dim], keepdim=True, out=mx)
     if not finite:
         mx.masked_fill_(mx.abs() == float("inf"), 0.0)
-    z.sub_(mx).clamp_min_(-87.0).exp_()    # _LSE_FLOOR, as a literal: TorchScript reads no module globals
-    if out is None:
-        out = torch.sum(z, dim=[dim])
-    else:
-        torch.sum(z, dim=[dim], out=out)
-    if mx_flat is None:
-        mx_flat = mx.squeeze(dim)
+    z.sub_(mx).clamp_min_(floor).exp_()
+    torch.sum(z, dim=[dim], out=out)
     return out.log_().add_(mx_flat)
 
 
