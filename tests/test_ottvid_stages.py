@@ -218,20 +218,25 @@ def test_lazy_coverage_equals_full_reevaluation(seed):
     skew = sim + 1e-3 * torch.rand(sim.shape, generator=g).triu(1)       # not symmetric: the gather path
     for s_ in (sim, skew):
         for weight in ("covered", "candidate"):
-            assert torch.equal(spatial.coverage_select(s_, w, K, weight=weight), _full_greedy(s_, w, K, weight))
+            want = _full_greedy(s_, w, K, weight)
+            for per_frame in (False, True):   # all frames at once, one frame at a time
+                assert torch.equal(spatial.coverage_select(s_, w, K, weight=weight, per_frame=per_frame), want)
 
 
-def test_coverage_gains_have_the_full_step_bits_on_any_subset():
+@pytest.mark.parametrize("N", [64, 300])   # one Gram bmm; the panelled Gram
+def test_coverage_gains_have_the_full_step_bits_on_any_subset(N):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 64, 32, generator=g) + 0.5
-    sim, w = spatial.cosine_similarity(x), spatial.normalized_saliency(torch.rand(5, 64, generator=g))
+    x = torch.randn(5, N, 32, generator=g) + 0.5
+    sim, w = spatial.cosine_similarity(x), spatial.normalized_saliency(torch.rand(5, N, generator=g))
     mu = sim[:, :, 3].clamp_min(0)
     full = torch.bmm((sim - mu.unsqueeze(2)).clamp_min(0).transpose(1, 2), w.unsqueeze(2)).squeeze(2)
     frames = torch.tensor([0, 2, 4])
-    cand = torch.randint(0, 64, (3, 7), generator=g)
+    cand = torch.randint(0, N, (3, 16), generator=g)
     for symmetric in (False, True):   # cosine_similarity's result is symmetric: rows or gathered columns
         got = spatial.coverage_gains(sim, mu, w, None, cand, frames, symmetric=symmetric)
         assert torch.equal(got, torch.gather(full[frames], 1, cand))
+    for f, t in enumerate(frames.tolist()):   # the one-frame loop's gains
+        assert torch.equal(spatial.frame_gains(sim[t], mu[t], w[t], None, cand[f]), full[t, cand[f]])
 
 
 def test_sinkhorn_log_domain_has_torch_logsumexp_bits():
@@ -306,6 +311,7 @@ def test_sequential_loops_compile_in_torchscript():
     from ottvid.stages import script
 
     assert script.scripted(spatial._coverage_loop) is not None
+    assert script.scripted(spatial._coverage_frame_loop) is not None
     assert script.scripted(transport._log_sinkhorn_loop) is not None
 
 
@@ -327,7 +333,8 @@ def test_scripted_loops_have_the_eager_bits(seed, monkeypatch):
     ma_zero[0, 0] = 0.0
 
     def outputs():
-        picks = [spatial.coverage_select(s_, w, max(1, N // 4), weight=wt) for s_ in (sim, skew) for wt in ("covered", "candidate")]
+        picks = [spatial.coverage_select(s_, w, max(1, N // 4), weight=wt, per_frame=pf)
+                 for s_ in (sim, skew) for wt in ("covered", "candidate") for pf in (False, True)]
         plans = [transport.sinkhorn(a, mb, c, 0.01, 50) for a, c in ((ma, C), (ma, C_inf), (ma_zero, C))]
         return picks + plans
 

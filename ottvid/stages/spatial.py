@@ -40,7 +40,7 @@ def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int
     step = min(T, step - step % 2 if step > 1 else 1)   # even: the batched GEMMs split evenly over 2 threads
     buf = torch.empty(step, N, D, dtype=torch.float32, device=x.device)
     prod = torch.empty(step, N, D, dtype=torch.float32, device=x.device) if colocated else None
-    prev = torch.empty(1, N, D, dtype=torch.float32, device=x.device) if colocated else None
+    prev = torch.empty(1, N, D, dtype=torch.float32, device=x.device) if colocated and step < T else None
     for i in range(0, T, step):
         j = min(T, i + step)
         xn = F.normalize(x[i:j].float(), p=2, dim=-1, out=buf[:j - i])
@@ -50,7 +50,8 @@ def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int
                 torch.sum(torch.mul(prev, xn[:1], out=prod[:1]), dim=-1, out=adj[i - 1:i])
             if j - i > 1:
                 torch.sum(torch.mul(xn[:-1], xn[1:], out=prod[:j - i - 1]), dim=-1, out=adj[i:j - 1])
-            prev.copy_(xn[-1:])
+            if j < T:   # the next chunk's first pair needs this chunk's last frame
+                prev.copy_(xn[-1:])
     return (sim, adj) if colocated else sim
 
 
@@ -129,8 +130,12 @@ def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, c
     return gain
 
 
+#: CPU inputs of at most this many frames run the greedy one frame at a time (`_coverage_frame_loop`)
+PER_FRAME_MAX_T = 2
+
+
 def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
-                    probe: int = 16) -> torch.Tensor:
+                    probe: int = 16, per_frame: Optional[bool] = None) -> torch.Tensor:
     """Greedy saliency-weighted coverage (Eq. 1), batched over frames.
 
     weight="covered" (OTT-Vid): gain(j) = sum_i w_i max(0, sim_ij - mu_i).
@@ -145,26 +150,36 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     candidates, up to all N. The pick is then the argmax of `bound` (lowest index on ties),
     which is the full re-evaluation's argmax: every fresh gain is computed as in the full step
     (`coverage_gains`) and no unevaluated bound can reach the best. The loop runs in TorchScript
-    on CPU (`script.run`: the same kernels, fewer interpreter cycles between them).
+    on CPU (`script.run`: the same kernels, fewer interpreter cycles between them). Step 0 (every
+    gain at mu = 0) is one batched call; CPU inputs of at most `PER_FRAME_MAX_T` frames then run
+    the steps frame by frame (`_coverage_frame_loop`: fewer, cheaper kernels a step, the same picks),
+    unless `per_frame` says otherwise.
     """
-    N = sim.shape[1]
+    T, N = sim.shape[0], sim.shape[1]
+    K = min(K, N)
     cover_w = w if weight == "covered" else torch.full_like(w, 1.0 / N)
     cand_w = w if weight == "candidate" else None
-    return script.run(_coverage_loop, sim, cover_w, cand_w, min(K, N), probe)
+    # step 0 (mu = 0): every gain, as one full bmm
+    bound = torch.bmm(sim.clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
+    if cand_w is not None:
+        bound = cand_w * bound
+    if per_frame is None:
+        per_frame = sim.device.type == "cpu" and T <= PER_FRAME_MAX_T
+    if per_frame:
+        return torch.stack([script.run(_coverage_frame_loop, sim[t], cover_w[t], None if cand_w is None else cand_w[t],
+                                       bound[t], K, probe) for t in range(T)])
+    return script.run(_coverage_loop, sim, cover_w, cand_w, bound, K, probe)
 
 
-def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], K: int,
-                   probe: int) -> torch.Tensor:
-    """`coverage_select`'s greedy (TorchScript-compatible): (T, K) picks, sorted per frame."""
+def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], bound: torch.Tensor,
+                   K: int, probe: int) -> torch.Tensor:
+    """`coverage_select`'s greedy over all frames at once (TorchScript-compatible): (T, K) picks,
+    sorted per frame. `bound` (T, N) holds the step-0 gains; it is updated in place."""
     T, N = sim.shape[0], sim.shape[1]
     dev = sim.device
     mu = torch.zeros([T, N], dtype=sim.dtype, device=dev)
     picks = torch.empty([T, K], dtype=torch.long, device=dev)
     neg_inf = float("-inf")
-    # step 0 (mu = 0): every gain, as one full bmm
-    bound = torch.bmm(sim.clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
-    if cand_w is not None:
-        bound = cand_w * bound
     symmetric = bool(torch.equal(sim, sim.transpose(1, 2)))   # always on CPU (`gram_into`)
     flat = sim.reshape(T * N, N)
     rows = torch.arange(T, device=dev) * N
@@ -203,6 +218,56 @@ def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[to
             col = torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
         torch.maximum(mu, col, out=mu)
     return picks.sort(dim=1).values
+
+
+def frame_gains(s: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
+                cand: torch.Tensor) -> torch.Tensor:
+    """`coverage_gains` for one frame: the (m,) gains of the candidates `cand` of the (N, N) `s`.
+
+    The columns s[:, cand] are read directly (`index_select` along dim 1), already the (N, m)
+    layout whose transposed `bmm` with the cover weights has the full step's bits (tested), for
+    any `s`. TorchScript-compatible.
+    """
+    N = s.shape[0]
+    diff = s.index_select(1, cand).sub_(mu.view(N, 1)).clamp_min_(0)           # (N, m): max(0, s[i, cand] - mu_i)
+    g = torch.bmm(diff.t().unsqueeze(0), cover_w.view(1, N, 1)).view(cand.shape[0])
+    if cand_w is not None:
+        g = cand_w.index_select(0, cand) * g
+    return g
+
+
+def _coverage_frame_loop(s: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], bound: torch.Tensor,
+                         K: int, probe: int) -> torch.Tensor:
+    """`coverage_select`'s greedy on one frame (TorchScript-compatible): (K,) sorted picks.
+
+    The steps of `_coverage_loop` for a single (N, N) similarity `s`, with fewer kernels a step:
+    the gains by `frame_gains` (no row copy and transposition), the decision and the pick as
+    Python numbers. `bound` (N,) holds the step-0 gains; updated in place.
+    """
+    N = s.shape[0]
+    mu = torch.zeros([N], dtype=s.dtype, device=s.device)
+    picks = torch.empty([K], dtype=torch.long, device=s.device)
+    neg_inf = float("-inf")
+    for k in range(K):
+        m = min(probe, N)
+        while k > 0:
+            vals, cand = bound.topk(min(m + 1, N))
+            cm = cand[:m]
+            g = frame_gains(s, mu, cover_w, cand_w, cm)
+            if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
+                g.masked_fill_(vals[:m] == neg_inf, neg_inf)
+            bound.index_copy_(0, cm, g)
+            if m >= N:
+                break
+            rest = float(vals[m])                                   # largest bound not evaluated
+            if not (rest > 0.0 and rest >= float(g.max()) * (1 - 1e-6)):
+                break
+            m = min(2 * m, N)
+        b = int(bound.argmax())
+        picks[k] = b
+        bound[b] = neg_inf
+        torch.maximum(mu, s[:, b], out=mu)
+    return picks.sort().values
 
 
 def topk_select(saliency: torch.Tensor, K: int) -> torch.Tensor:
