@@ -165,7 +165,7 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
         bound = cand_w * bound
     if per_frame is None:
         per_frame = sim.device.type == "cpu" and T <= PER_FRAME_MAX_T
-    if per_frame:
+    if per_frame and T > 0:
         return torch.stack([script.run(_coverage_frame_loop, sim[t], cover_w[t], None if cand_w is None else cand_w[t],
                                        bound[t], K, probe) for t in range(T)])
     return script.run(_coverage_loop, sim, cover_w, cand_w, bound, K, probe)
