@@ -345,6 +345,48 @@ def test_scripted_loops_have_the_eager_bits(seed, monkeypatch):
         assert torch.equal(s_out, e_out)
 
 
+def test_run_each_spreads_frames_over_one_thread_workers(monkeypatch):
+    """Issue 12: per-frame greedies run side by side on worker threads of one intra-op thread each,
+    with the sequential picks, and leave the caller's thread count (and new threads' default) alone."""
+    import threading
+
+    from ottvid.stages import script
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    script._pool.cache_clear()                                    # fresh workers: their set-up runs here
+    try:
+        _check_run_each(monkeypatch, script, threading)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_run_each(monkeypatch, script, threading):
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 320, 24, generator=g) + 0.3
+    sim, w = spatial.cosine_similarity(x), spatial.normalized_saliency(torch.rand(4, 320, generator=g))
+    seen, run = [], script.run
+
+    def spy(fn, *args):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return run(fn, *args)
+
+    monkeypatch.setattr(script, "run", spy)
+    got = spatial.coverage_select(sim, w, 64)                    # T = 4, N = 320: per frame by default
+    assert {name.startswith("ottvid") for name, _ in seen} == {True} and {n for _, n in seen} == {1}
+    seen.clear()
+    monkeypatch.setenv("OTTVID_EAGER", "1")                       # Python loops hold the GIL: in turn
+    assert torch.equal(spatial.coverage_select(sim, w, 64), got)
+    assert [name for name, _ in seen] == [threading.current_thread().name] * 4
+    assert torch.get_num_threads() == threads
+    fresh = []
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert fresh == [threads]
+
+
 def test_script_falls_back_to_python_with_a_warning():
     from ottvid.stages import script
 

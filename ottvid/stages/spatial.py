@@ -132,8 +132,10 @@ def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, c
     return gain
 
 
-#: CPU inputs of at most this many frames run the greedy one frame at a time (`_coverage_frame_loop`)
-PER_FRAME_MAX_T = 2
+#: CPU inputs of one frame, or of at most PER_FRAME_MAX_T frames of at least PER_FRAME_MIN_N tokens,
+#: run the greedy one frame at a time (`_coverage_frame_loop`, frames side by side on the cores)
+PER_FRAME_MAX_T = 4
+PER_FRAME_MIN_N = 300
 
 
 def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
@@ -153,9 +155,10 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     which is the full re-evaluation's argmax: every fresh gain is computed as in the full step
     (`coverage_gains`) and no unevaluated bound can reach the best. The loop runs in TorchScript
     on CPU (`script.run`: the same kernels, fewer interpreter cycles between them). Step 0 (every
-    gain at mu = 0) is one batched call; CPU inputs of at most `PER_FRAME_MAX_T` frames then run
-    the steps frame by frame (`_coverage_frame_loop`: fewer, cheaper kernels a step, the same picks),
-    unless `per_frame` says otherwise.
+    gain at mu = 0) is one batched call. CPU inputs of one frame, or of a few large frames
+    (`PER_FRAME_MAX_T`, `PER_FRAME_MIN_N`), then run the steps frame by frame
+    (`_coverage_frame_loop`: fewer, cheaper kernels a step, the same picks), the frames side by
+    side on worker threads (`script.run_each`), unless `per_frame` says otherwise.
     """
     T, N = sim.shape[0], sim.shape[1]
     K = min(K, N)
@@ -166,10 +169,10 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     if cand_w is not None:
         bound = cand_w * bound
     if per_frame is None:
-        per_frame = sim.device.type == "cpu" and T <= PER_FRAME_MAX_T
+        per_frame = sim.device.type == "cpu" and (T == 1 or (T <= PER_FRAME_MAX_T and N >= PER_FRAME_MIN_N))
     if per_frame and T > 0:
-        return torch.stack([script.run(_coverage_frame_loop, sim[t], cover_w[t], None if cand_w is None else cand_w[t],
-                                       bound[t], K, probe) for t in range(T)])
+        calls = [(sim[t], cover_w[t], None if cand_w is None else cand_w[t], bound[t], K, probe) for t in range(T)]
+        return torch.stack(script.run_each(_coverage_frame_loop, calls))
     return script.run(_coverage_loop, sim, cover_w, cand_w, bound, K, probe)
 
 
