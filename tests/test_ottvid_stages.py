@@ -235,8 +235,9 @@ def test_coverage_gains_have_the_full_step_bits_on_any_subset(N):
     for symmetric in (False, True):   # cosine_similarity's result is symmetric: rows or gathered columns
         got = spatial.coverage_gains(sim, mu, w, None, cand, frames, symmetric=symmetric)
         assert torch.equal(got, torch.gather(full[frames], 1, cand))
-    for f, t in enumerate(frames.tolist()):   # the one-frame loop's gains
-        assert torch.equal(spatial.frame_gains(sim[t], mu[t], w[t], None, cand[f]), full[t, cand[f]])
+    for f, t in enumerate(frames.tolist()):   # the one-frame loop's gains, 16 candidates up to all N
+        for c in (cand[f], torch.randperm(N, generator=g)[:N // 3], torch.randperm(N, generator=g)):
+            assert torch.equal(spatial.frame_gains(sim[t], mu[t], w[t], None, c), full[t, c])
 
 
 def test_sinkhorn_log_domain_has_torch_logsumexp_bits():

@@ -230,12 +230,16 @@ def frame_gains(s: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w
     """`coverage_gains` for one frame: the (m,) gains of the candidates `cand` of the (N, N) `s`.
 
     The columns s[:, cand] are read directly (`index_select` along dim 1), already the (N, m)
-    layout whose transposed `bmm` with the cover weights has the full step's bits (tested), for
-    any `s`. TorchScript-compatible.
+    layout whose transposed product with the cover weights has the full step's bits (tested), for
+    any `s`. On CPU that product is `mv` (MKL's call for a batch-1 `bmm` as well, with fewer
+    views); elsewhere the `bmm` of the full step. TorchScript-compatible.
     """
     N = s.shape[0]
     diff = s.index_select(1, cand).sub_(mu.view(N, 1)).clamp_min_(0)           # (N, m): max(0, s[i, cand] - mu_i)
-    g = torch.mv(diff.t(), cover_w)             # the same BLAS product as a batch-1 bmm, fewer views
+    if s.is_cuda:
+        g = torch.bmm(diff.t().unsqueeze(0), cover_w.view(1, N, 1)).view(cand.shape[0])
+    else:
+        g = torch.mv(diff.t(), cover_w)
     if cand_w is not None:
         g = cand_w.index_select(0, cand) * g
     return g
