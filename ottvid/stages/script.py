@@ -42,13 +42,20 @@ def scripted(fn: Callable) -> Callable | None:
         return None
 
 
+def _compiled(fn: Callable, first: torch.Tensor) -> Callable | None:
+    """The TorchScript fn that `run` calls for this first argument (a CPU tensor, OTTVID_EAGER
+    unset), or None: then `run` calls the Python fn."""
+    if first.device.type == "cpu" and os.environ.get("OTTVID_EAGER") != "1":
+        return scripted(fn)
+    return None
+
+
 def run(fn: Callable, *args):
     """fn(*args); in TorchScript, graph optimisation off, when the first argument is a CPU tensor."""
-    if args[0].device.type == "cpu" and os.environ.get("OTTVID_EAGER") != "1":
-        compiled = scripted(fn)
-        if compiled is not None:
-            with torch.jit.optimized_execution(False):
-                return compiled(*args)
+    compiled = _compiled(fn, args[0])
+    if compiled is not None:
+        with torch.jit.optimized_execution(False):
+            return compiled(*args)
     return fn(*args)
 
 
@@ -62,8 +69,7 @@ def run_each(fn: Callable, calls: Sequence[tuple]) -> list:
     """[run(fn, *args) for args in calls], the calls spread over worker threads where that helps:
     CPU inputs, more than one call and one thread, and `fn` compiled (Python holds the GIL)."""
     threads = torch.get_num_threads()
-    if (len(calls) < 2 or threads < 2 or calls[0][0].device.type != "cpu" or os.environ.get("OTTVID_EAGER") == "1"
-            or scripted(fn) is None):
+    if len(calls) < 2 or threads < 2 or _compiled(fn, calls[0][0]) is None:
         return [run(fn, *args) for args in calls]
     try:
         return list(_pool(min(threads, len(calls)), os.getpid()).map(lambda args: run(fn, *args), calls))
