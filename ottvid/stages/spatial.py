@@ -24,71 +24,55 @@ def keep_per_frame(N: int, r_s: float, by_round: bool = False) -> int:
     return min(N, max(1, int(round(N * r_s)) if by_round else int(N * r_s)))
 
 
+def gemm_spans(n: int, per: int, device: torch.device) -> list[tuple[int, int]]:
+    """Spans of the n problems of a batched GEMM that give each problem the bits of one call on all n.
+
+    The official code makes one `bmm` over every frame (or pair). A BLAS picks its kernel and
+    its thread split from the shapes, so a problem's bits can change with the batch size: MKL
+    splits a batch smaller than its thread count inside the GEMMs, with other sums (measured:
+    one 196-token frame at 2 threads; batches of 4 at 16). On CPU the spans therefore hold at
+    least `torch.get_num_threads()` problems, and at least `per` (rounded down to an even
+    number, at least 2: a pair of frames splits evenly over 2 threads); a short remainder joins
+    the last span. Elsewhere (CUDA) one span: the official call itself.
+    """
+    if device.type != "cpu" or n == 0:
+        return [(0, n)]
+    per = max(2, per)
+    per = max(per - per % 2, torch.get_num_threads())
+    cuts = list(range(0, n, per)) + [n]
+    if len(cuts) > 2 and cuts[-1] - cuts[-2] < per:
+        cuts.pop(-2)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int = 1 << 22):
     """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products).
 
-    Computed a few frames (at least two) at a time into one reused buffer of unit-norm tokens (row-wise
-    normalisation: the same bits as normalising the whole video at once), each chunk's Gram
-    matrices by `gram_into`. With `colocated=True` also returns (T-1, N) sum_d xn_t xn_{t+1},
-    the co-located cosine of consecutive frames that alpha_t averages (`transport.pair_alpha`),
-    from the same unit tokens.
+    The official `bmm` of the unit tokens, made over the frame spans of `gemm_spans` (the bits
+    of one call on the whole video) in one reused buffer of unit tokens (row-wise
+    normalisation: the same bits as normalising the whole video at once). With
+    `colocated=True` also returns (T-1, N) sum_d xn_t xn_{t+1}, the co-located cosine of
+    consecutive frames that alpha_t averages (`transport.pair_alpha`), from the same unit tokens.
     """
     T, N, D = x.shape
     sim = torch.empty(T, N, N, dtype=torch.float32, device=x.device)
     adj = torch.empty(max(T - 1, 0), N, dtype=torch.float32, device=x.device) if colocated else None
-    # an even number of frames, at least 2: the batched GEMMs split evenly over 2 threads, one frame
-    # each, which is faster than one frame on both (1.1x on 2 frames of 702 x 3584, measured)
-    step = max(2, chunk_elems // max(1, N * D))
-    step = min(T, step - step % 2)
-    buf = torch.empty(step, N, D, dtype=torch.float32, device=x.device)
-    prod = torch.empty(step, N, D, dtype=torch.float32, device=x.device) if colocated else None
-    prev = torch.empty(1, N, D, dtype=torch.float32, device=x.device) if colocated and step < T else None
-    for i in range(0, T, step):
-        j = min(T, i + step)
+    spans = gemm_spans(T, chunk_elems // max(1, N * D), x.device)
+    rows = max(j - i for i, j in spans)
+    buf = torch.empty(rows, N, D, dtype=torch.float32, device=x.device)
+    prod = torch.empty(rows, N, D, dtype=torch.float32, device=x.device) if colocated else None
+    prev = torch.empty(1, N, D, dtype=torch.float32, device=x.device) if colocated and len(spans) > 1 else None
+    for i, j in spans:
         xn = F.normalize(x[i:j].float(), p=2, dim=-1, out=buf[:j - i])
-        gram_into(xn, sim[i:j])
+        torch.bmm(xn, xn.transpose(1, 2), out=sim[i:j])
         if colocated:   # elementwise products, then the sum over D: the bits of (xn[:-1] * xn[1:]).sum(-1)
             if i > 0:
                 torch.sum(torch.mul(prev, xn[:1], out=prod[:1]), dim=-1, out=adj[i - 1:i])
             if j - i > 1:
                 torch.sum(torch.mul(xn[:-1], xn[1:], out=prod[:j - i - 1]), dim=-1, out=adj[i:j - 1])
-            if j < T:   # the next chunk's first pair needs this chunk's last frame
+            if j < T:   # the next span's first pair needs this span's last frame
                 prev.copy_(xn[-1:])
     return (sim, adj) if colocated else sim
-
-
-def gram_blocks(N: int) -> list[int]:
-    """Row cuts of the CPU Gram split: panels of 64 rows, a remainder under 32 joining the last
-    one; one panel below N = 96. MKL keeps the one-call bits for blocks of >= 12 rows (fewer
-    take gemv-like paths with other sums); 32 leaves a margin (tested)."""
-    if N < 96:
-        return [0, N]
-    cuts = list(range(0, N, 64)) + [N]
-    if cuts[-1] - cuts[-2] < 32:
-        cuts.pop(-2)
-    return cuts
-
-
-def gram_into(xn: torch.Tensor, out: torch.Tensor) -> None:
-    """out = xn @ xn^T per frame, (F, N, D) -> (F, N, N).
-
-    On CUDA one `bmm`, the official call. On CPU each panel of rows (`gram_blocks`) is multiplied
-    with the rows from its own start on, and the part right of its diagonal block is mirrored
-    below: about a third fewer flops, and panels MKL runs faster than the whole (1.3x at
-    N = 196, measured). With MKL this has the bits of the single `bmm`, whose result is exactly
-    symmetric there (both checked in the tests); elsewhere it is the same sums to within
-    rounding, and symmetric.
-    """
-    N = xn.shape[1]
-    cuts = gram_blocks(N) if xn.device.type == "cpu" else [0, N]
-    if len(cuts) == 2:
-        torch.bmm(xn, xn.transpose(1, 2), out=out)
-        return
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        panel = torch.bmm(xn[:, a:b], xn[:, a:].transpose(1, 2))       # (F, b - a, N - a)
-        out[:, a:b, a:] = panel
-        if b < N:
-            out[:, b:, a:b] = panel[:, :, b - a:].transpose(1, 2)
 
 
 def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
@@ -101,9 +85,9 @@ def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, c
                    cand: torch.Tensor, frames: Optional[torch.Tensor] = None, symmetric: bool = False,
                    row0: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i) of the (F, m) candidates
-    `cand` of `frames` (default: every frame). As in a full step, the clamped (F, N, m) columns are
-    contracted with the cover weights c by one transposed `bmm`, so a candidate's gain has the
-    same bits whichever subset it is evaluated in (checked in the tests). `symmetric` (sim equal to
+    `cand` of `frames` (default: every frame), the clamped (F, N, m) columns contracted with the
+    cover weights c by one transposed `bmm`. The sums may run in another order than the official
+    full step's (`official_gains`): `coverage_select` allows for that. `symmetric` (sim equal to
     its transpose) reads the columns as rows, which is cheaper than a gather; `row0` may pass the
     (T,) first flat row t*N of every frame. TorchScript-compatible (`coverage_select`).
     """
@@ -132,6 +116,52 @@ def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, c
     return gain
 
 
+def official_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor,
+                   cand_w: Optional[torch.Tensor]) -> torch.Tensor:
+    """(T, N) gains of every token of every frame, computed as the official batched step does
+    (one (T, N, N) clamped difference, one transposed `bmm` with the (T, N, 1) cover weights,
+    then w_j times that for SCOPE): the same calls on the same shapes, hence its bits on any
+    device. A frame's gains depend only on its own rows of `sim` and `mu`. TorchScript-compatible."""
+    diff = (sim - mu.unsqueeze(2)).clamp_min(0)
+    gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
+    if cand_w is not None:
+        gain = cand_w * gain
+    return gain
+
+
+def official_rows(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
+                  frames: torch.Tensor, min_batch: int) -> torch.Tensor:
+    """`official_gains` of the (F,) `frames` only, (F, N): the official call on those frames,
+    joined by the first others up to `min_batch` frames (`min(T, max(2, threads))`: a batch of at
+    least the thread count, and never one frame out of several, keeps the whole call's bits,
+    as for `gemm_spans`). TorchScript-compatible."""
+    F_ = frames.shape[0]
+    fr = frames
+    if F_ < min_batch:
+        rest = torch.ones(sim.shape[0], dtype=torch.bool, device=sim.device)
+        rest[frames] = False
+        fr = torch.cat([frames, rest.nonzero().squeeze(1)[:min_batch - F_]])
+    cw = None if cand_w is None else cand_w.index_select(0, fr)
+    gains = official_gains(sim.index_select(0, fr), mu.index_select(0, fr), cover_w.index_select(0, fr), cw)
+    return gains[:F_]
+
+
+def rounding_margin(N: int) -> tuple[float, float, float]:
+    """(lo, hi, delta) bracketing any float32 evaluation G of a gain from another one H of the same gain.
+
+    A gain is a sum of N + 1 non-negative rounded products (N for the cover weights, one for
+    SCOPE's w_j). Summed in any order, each evaluation is within gamma = n u / (1 - n u) (u =
+    2^-24, n = N + 8 for margin) of the exact sum, relatively, plus n 2^-150 per evaluation for
+    products in the subnormal range. Hence G >= lo H - delta and G <= hi H + delta, with hi =
+    (1 + gamma) / (1 - gamma) = 1 / lo. As covers only grow, every later exact gain is also
+    at most hi H + delta (the bound a lazy step keeps).
+    """
+    n = N + 8
+    gamma = n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+    hi = (1 + gamma) / (1 - gamma)
+    return 1.0 / hi, hi, 2 * n * 2.0 ** -150
+
+
 #: CPU inputs of one frame, or of at most PER_FRAME_MAX_T frames of at least PER_FRAME_MIN_N tokens,
 #: run the greedy one frame at a time (`_coverage_frame_loop`, frames side by side on the cores)
 PER_FRAME_MAX_T = 4
@@ -140,52 +170,90 @@ PER_FRAME_MIN_N = 300
 
 def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
                     probe: int = 16, per_frame: Optional[bool] = None) -> torch.Tensor:
-    """Greedy saliency-weighted coverage (Eq. 1), batched over frames.
+    """Greedy saliency-weighted coverage (Eq. 1), batched over frames: the official picks.
 
     weight="covered" (OTT-Vid): gain(j) = sum_i w_i max(0, sim_ij - mu_i).
     weight="candidate" (SCOPE): gain(j) = w_j * sum_i (1/N) max(0, sim_ij - mu_i).
-    mu starts at 0; ties go to the lowest index.
+    mu starts at 0; the official step re-evaluates every gain and takes the argmax (lowest
+    index on equal values), with its own summation order.
 
-    Lazy greedy, exact. Covers mu only grow, so every gain is non-negative and a gain computed
-    at an earlier step bounds the gain now from above (`bound`). Each step re-evaluates the
-    `probe` candidates of largest bound per frame and writes the fresh gains into `bound`. A
-    frame is decided when its largest remaining bound is below the best fresh gain by a relative
-    1e-6, or is 0 (a bound of 0 is the exact gain); undecided frames evaluate twice as many
-    candidates, up to all N. The pick is then the argmax of `bound` (lowest index on ties),
-    which is the full re-evaluation's argmax: every fresh gain is computed as in the full step
-    (`coverage_gains`) and no unevaluated bound can reach the best. The loop runs in TorchScript
-    on CPU (`script.run`: the same kernels, fewer interpreter cycles between them). Step 0 (every
-    gain at mu = 0) is one batched call. CPU inputs of one frame, or of a few large frames
-    (`PER_FRAME_MAX_T`, `PER_FRAME_MIN_N`), then run the steps frame by frame
-    (`_coverage_frame_loop`: fewer, cheaper kernels a step, the same picks), the frames side by
-    side on worker threads (`script.run_each`), unless `per_frame` says otherwise.
+    On CUDA that loop itself (`_official_loop`). On CPU a lazy greedy that picks the same:
+    step 0 is the official call (`official_gains` at mu = 0). Later steps re-evaluate the
+    `probe` candidates of largest bound per frame (`coverage_gains`, sums in another order),
+    doubling that number until no candidate left unevaluated can reach the best: covers only
+    grow, so a gain evaluated earlier bounds every later one, within `rounding_margin`. A pick
+    whose lead over the runner-up is beyond both evaluations' rounding is the official pick;
+    otherwise (near-ties, duplicate tokens) the step's gains come from `official_gains` and the
+    pick is their argmax. The loops run in TorchScript (`script.run`). CPU inputs of one frame,
+    or of a few large frames (`PER_FRAME_MAX_T`, `PER_FRAME_MIN_N`), run the steps frame by frame
+    (`_coverage_frame_loop`: fewer, cheaper kernels a step), the frames side by side on worker
+    threads (`script.run_each`), unless `per_frame` says otherwise; their near-ties go back to
+    the calling thread, whose thread count the official call runs with.
     """
     T, N = sim.shape[0], sim.shape[1]
     K = min(K, N)
     cover_w = w if weight == "covered" else torch.full_like(w, 1.0 / N)
     cand_w = w if weight == "candidate" else None
-    # step 0 (mu = 0): every gain, as one full bmm
-    bound = torch.bmm(sim.clamp_min(0).transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
-    if cand_w is not None:
-        bound = cand_w * bound
+    if sim.device.type != "cpu":
+        return _official_loop(sim, cover_w, cand_w, K)
+    lo, hi, delta = rounding_margin(N)
+    bound = official_gains(sim, torch.zeros_like(cover_w), cover_w, cand_w)    # step 0, the official bits
     if per_frame is None:
-        per_frame = sim.device.type == "cpu" and (T == 1 or (T <= PER_FRAME_MAX_T and N >= PER_FRAME_MIN_N))
-    if per_frame and T > 0:
-        calls = [(sim[t], cover_w[t], None if cand_w is None else cand_w[t], bound[t], K, probe) for t in range(T)]
-        return torch.stack(script.run_each(_coverage_frame_loop, calls))
-    return script.run(_coverage_loop, sim, cover_w, cand_w, bound, K, probe)
+        per_frame = T == 1 or (T <= PER_FRAME_MAX_T and N >= PER_FRAME_MIN_N)
+    min_batch = min(T, max(2, torch.get_num_threads()))
+    if not (per_frame and T > 0):
+        return script.run(_coverage_loop, sim, cover_w, cand_w, bound, K, probe, lo, hi, delta, min_batch)
+    mu = torch.zeros_like(cover_w)
+    picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
+    k0 = [0] * T
+    todo = list(range(T)) if K > 0 else []
+    while todo:
+        stops = script.run_each(_coverage_frame_loop, [
+            (sim[t], cover_w[t], None if cand_w is None else cand_w[t], bound[t], mu[t], picks[t], k0[t], K, probe,
+             lo, hi, delta) for t in todo])
+        tied = [(t, k) for t, k in zip(todo, stops) if k < K]
+        if not tied:
+            break
+        gains = official_rows(sim, mu, cover_w, cand_w, torch.tensor([t for t, _ in tied], device=sim.device),
+                              min_batch)      # on this thread, with its thread count
+        for (t, k), g in zip(tied, gains):
+            g.index_fill_(0, picks[t, :k], float("-inf"))
+            b = int(g.argmax())
+            bound[t] = g
+            picks[t, k], bound[t, b] = b, float("-inf")
+            torch.maximum(mu[t], sim[t, :, b], out=mu[t])
+            k0[t] = k + 1
+        todo = [t for t, k in tied if k + 1 < K]
+    return picks.sort(dim=1).values
+
+
+def _official_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], K: int) -> torch.Tensor:
+    """The official greedy: every gain re-evaluated each step (`official_gains`), picked ones
+    masked, argmax, covers raised by the picked column. (T, K) picks, sorted per frame."""
+    T, N = sim.shape[0], sim.shape[1]
+    mu = torch.zeros_like(cover_w)
+    mask = torch.zeros(T, N, dtype=torch.bool, device=sim.device)
+    picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
+    neg_inf = torch.tensor(float("-inf"), device=sim.device)
+    for k in range(K):
+        best = torch.where(mask, neg_inf, official_gains(sim, mu, cover_w, cand_w)).argmax(dim=1)
+        picks[:, k] = best
+        mask.scatter_(1, best.unsqueeze(1), True)
+        torch.maximum(mu, torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2), out=mu)
+    return picks.sort(dim=1).values
 
 
 def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], bound: torch.Tensor,
-                   K: int, probe: int) -> torch.Tensor:
-    """`coverage_select`'s greedy over all frames at once (TorchScript-compatible): (T, K) picks,
-    sorted per frame. `bound` (T, N) holds the step-0 gains; it is updated in place."""
+                   K: int, probe: int, lo: float, hi: float, delta: float, min_batch: int) -> torch.Tensor:
+    """`coverage_select`'s lazy greedy over all frames at once (TorchScript-compatible): (T, K)
+    picks, sorted per frame. `bound` (T, N) holds the official step-0 gains; updated in place;
+    (lo, hi, delta) is `rounding_margin(N)`, `min_batch` that of `official_rows`."""
     T, N = sim.shape[0], sim.shape[1]
     dev = sim.device
     mu = torch.zeros([T, N], dtype=sim.dtype, device=dev)
     picks = torch.empty([T, K], dtype=torch.long, device=dev)
     neg_inf = float("-inf")
-    symmetric = bool(torch.equal(sim, sim.transpose(1, 2)))   # always on CPU (`gram_into`)
+    symmetric = bool(torch.equal(sim, sim.transpose(1, 2)))   # a Gram bmm's result usually is
     flat = sim.reshape(T * N, N)
     rows = torch.arange(T, device=dev) * N
     for k in range(K):
@@ -204,9 +272,8 @@ def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[to
                 bound.index_copy_(0, frames, src)
             if m >= N:
                 break
-            rest = vals[:, m]                                  # largest bound not evaluated
-            # open: rest > 0 and rest >= best * (1 - 1e-6); 1e-45 is float32's least positive value
-            open_ = rest >= g.amax(dim=1).mul_(1 - 1e-6).clamp_min_(1e-45)
+            # open: the largest bound not evaluated may still reach the best fresh gain
+            open_ = vals[:, m].mul(hi).add_(delta) >= g.amax(dim=1).mul_(lo).sub_(delta)
             if not bool(open_.any()):
                 break
             if frames is None:
@@ -214,7 +281,18 @@ def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[to
             else:
                 frames = frames[open_]
             m = min(2 * m, N)
-        best = bound.argmax(dim=1)
+        if k == 0 or N == 1:   # the official step-0 gains: their argmax (lowest index on equal values)
+            best = bound.argmax(dim=1)
+        else:   # the runner-up (fresh, or a bound already ruled out) within rounding of the best: official step
+            top = bound.topk(2, dim=1)
+            best = top.indices[:, 0]
+            tied = top.values[:, 1].mul(hi).add_(delta) >= top.values[:, 0].mul(lo).sub_(delta)
+            if bool(tied.any()):
+                tf = tied.nonzero().squeeze(1)
+                gains = official_rows(sim, mu, cover_w, cand_w, tf, min_batch)
+                gains.masked_fill_(bound.index_select(0, tf) == neg_inf, neg_inf)
+                best = best.index_copy(0, tf, gains.argmax(dim=1))
+                bound.index_copy_(0, tf, gains)
         picks[:, k] = best
         bound.scatter_(1, best.unsqueeze(1), neg_inf)
         if symmetric:
@@ -227,38 +305,31 @@ def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[to
 
 def frame_gains(s: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
                 cand: torch.Tensor) -> torch.Tensor:
-    """`coverage_gains` for one frame: the (m,) gains of the candidates `cand` of the (N, N) `s`.
-
-    The columns s[:, cand] are read directly (`index_select` along dim 1), already the (N, m)
-    layout whose transposed product with the cover weights has the full step's bits (tested), for
-    any `s`. On CPU that product is `mv` (MKL's call for a batch-1 `bmm` as well, with fewer
-    views); elsewhere the `bmm` of the full step. TorchScript-compatible.
-    """
+    """`coverage_gains` for one frame: the (m,) gains of the candidates `cand` of the (N, N) `s`,
+    the columns s[:, cand] read directly (`index_select` along dim 1) and contracted with the
+    cover weights by `mv`. TorchScript-compatible."""
     N = s.shape[0]
     diff = s.index_select(1, cand).sub_(mu.view(N, 1)).clamp_min_(0)           # (N, m): max(0, s[i, cand] - mu_i)
-    if s.is_cuda:
-        g = torch.bmm(diff.t().unsqueeze(0), cover_w.view(1, N, 1)).view(cand.shape[0])
-    else:
-        g = torch.mv(diff.t(), cover_w)
+    g = torch.mv(diff.t(), cover_w)
     if cand_w is not None:
         g = cand_w.index_select(0, cand) * g
     return g
 
 
 def _coverage_frame_loop(s: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], bound: torch.Tensor,
-                         K: int, probe: int) -> torch.Tensor:
-    """`coverage_select`'s greedy on one frame (TorchScript-compatible): (K,) sorted picks.
+                         mu: torch.Tensor, picks: torch.Tensor, k0: int, K: int, probe: int,
+                         lo: float, hi: float, delta: float) -> int:
+    """`coverage_select`'s lazy greedy on one frame, steps k0 ... K-1 (TorchScript-compatible).
 
     The steps of `_coverage_loop` for a single (N, N) similarity `s`, with fewer kernels a step:
-    the gains by `frame_gains` (no row copy and transposition), the decision and the pick as
-    Python numbers. `bound` (N,) holds the step-0 gains; updated in place.
+    the gains by `frame_gains`, the decisions as Python numbers. `bound` (N,) holds upper bounds
+    (the official step-0 gains at k0 = 0), `mu` (N,) the covers, `picks` (K,) the picks so far;
+    all updated in place. Returns K when done, or the step whose runner-up is within rounding
+    of the best: the caller takes that pick from `official_gains`.
     """
     N = s.shape[0]
-    mu = torch.zeros([N], dtype=s.dtype, device=s.device)
-    picks = torch.empty([K], dtype=torch.long, device=s.device)
     neg_inf = float("-inf")
-    b = int(bound.argmax())
-    for k in range(K):
+    for k in range(k0, K):
         m = min(probe, N)
         while k > 0:
             vals, cand = bound.topk(min(m + 1, N))
@@ -267,18 +338,20 @@ def _coverage_frame_loop(s: torch.Tensor, cover_w: torch.Tensor, cand_w: Optiona
             if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
                 g.masked_fill_(vals[:m] == neg_inf, neg_inf)
             bound.index_copy_(0, cm, g)
-            b = int(bound.argmax())
-            if m >= N:
-                break
-            # bound[b] = max(best fresh gain, rest): decided as in `_coverage_loop`
-            rest = float(vals[m])                                   # largest bound not evaluated
-            if not (rest > 0.0 and rest >= float(bound[b]) * (1 - 1e-6)):
+            if m >= N or float(vals[m]) * hi + delta < float(g.max()) * lo - delta:
                 break
             m = min(2 * m, N)
+        if k == 0 or N == 1:   # the official step-0 gains: their argmax (lowest index on equal values)
+            b = int(bound.argmax())
+        else:
+            top = bound.topk(2)
+            if float(top.values[1]) * hi + delta >= float(top.values[0]) * lo - delta:
+                return k   # the runner-up within rounding of the best
+            b = int(top.indices[0])
         picks[k] = b
         bound[b] = neg_inf
         torch.maximum(mu, s[:, b], out=mu)
-    return picks.sort().values
+    return K
 
 
 def topk_select(saliency: torch.Tensor, K: int) -> torch.Tensor:

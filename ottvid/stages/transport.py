@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from . import script
+from . import script, spatial
 
 ALPHA_MODES = ("position", "kernel", "global")
 
@@ -66,19 +66,19 @@ def pair_alpha(features: torch.Tensor, grid_hw: tuple[int, int], alpha: str | fl
 def pair_cost(feat: torch.Tensor, pos: torch.Tensor, alpha: torch.Tensor, chunk_elems: int = 1 << 22) -> torch.Tensor:
     """Eq. 4-5 for every pair: C_t = alpha_t (1 - max(0, cos)) + (1 - alpha_t) ||p_i - p_j|| / sqrt(2).
 
-    feat: (T, K, D) kept tokens (float32); pos: (T, K, 2); returns (T-1, K, K). The unit tokens
-    are made a few frames at a time in one reused buffer (row-wise: the bits of normalising all).
+    feat: (T, K, D) kept tokens (float32); pos: (T, K, 2); returns (T-1, K, K). The official
+    `bmm` of the unit tokens over the pair spans of `spatial.gemm_spans` (the bits of one call on
+    all pairs), the unit tokens of a span's frames made in one reused buffer (row-wise: the bits
+    of normalising all).
     """
     T, K, D = feat.shape
     dot = torch.empty(max(T - 1, 0), K, K, dtype=torch.float32, device=feat.device)
-    step = min(T, max(2, chunk_elems // max(1, K * D)))
-    buf = torch.empty(step, K, D, dtype=torch.float32, device=feat.device)
-    i = 0
-    while i < T - 1:
-        j = min(T, i + step)
-        xn = F.normalize(feat[i:j], dim=-1, out=buf[:j - i])
-        torch.bmm(xn[:-1], xn[1:].transpose(1, 2), out=dot[i:j - 1])
-        i = j - 1
+    if T > 1:
+        spans = spatial.gemm_spans(T - 1, chunk_elems // max(1, K * D) - 1, feat.device)
+        buf = torch.empty(max(j - i for i, j in spans) + 1, K, D, dtype=torch.float32, device=feat.device)
+        for i, j in spans:   # pairs i ... j-1: frames i ... j
+            xn = F.normalize(feat[i:j + 1], dim=-1, out=buf[:j + 1 - i])
+            torch.bmm(xn[:-1], xn[1:].transpose(1, 2), out=dot[i:j])
     c_sem = dot.clamp_min_(0.0).neg_().add_(1.0)                  # 1 - max(0, cos), same rounding
     c_loc = (pos[:-1].unsqueeze(2) - pos[1:].unsqueeze(1)).norm(dim=-1) / math.sqrt(2.0)
     a = alpha.view(-1, 1, 1)
