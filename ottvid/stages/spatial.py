@@ -152,14 +152,14 @@ def rounding_margin(N: int) -> tuple[float, float, float]:
     A gain is a sum of N + 1 non-negative rounded products (N for the cover weights, one for
     SCOPE's w_j). Summed in any order, each evaluation is within gamma = n u / (1 - n u) (u =
     2^-24, n = N + 8 for margin) of the exact sum, relatively, plus n 2^-150 per evaluation for
-    products in the subnormal range. Hence G >= lo H - delta and G <= hi H + delta, with hi =
-    (1 + gamma) / (1 - gamma) = 1 / lo. As covers only grow, every later exact gain is also
-    at most hi H + delta (the bound a lazy step keeps).
+    products in the subnormal range (delta = 4 n 2^-150 covers both). Hence G >= lo H - delta and
+    G <= hi H + delta, with hi = (1 + gamma) / (1 - gamma) = 1 / lo. As covers only grow, every
+    later exact gain is also at most hi H + delta (the bound a lazy step keeps).
     """
     n = N + 8
     gamma = n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
     hi = (1 + gamma) / (1 - gamma)
-    return 1.0 / hi, hi, 2 * n * 2.0 ** -150
+    return 1.0 / hi, hi, 4 * n * 2.0 ** -150
 
 
 #: CPU inputs of one frame, or of at most PER_FRAME_MAX_T frames of at least PER_FRAME_MIN_N tokens,
