@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ottvid.contract import CompressedTokens, VideoTokens
 from ottvid.registry import Compressor, check_choice, check_int, check_range, check_retention, register
+from ottvid.stages.spatial import gemm_spans
 
 AUTO_MIN_INTERVAL = 1_000_000  # the official AUTO mode's group-size limit (effectively none)
 
@@ -195,12 +196,11 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     Returns the output tokens (M, D), their (group, grid index) (M, 2) and counts.
     """
     G, N, _ = fused.shape
-    # K K^T a batch of groups at a time (per-group products: the same bits, no full copy of K)
-    step = max(1, (1 << 24) // max(1, N * metric.shape[-1]))
+    # K K^T a span of groups at a time (`gemm_spans`: the one batched call's bits, no full copy of K)
     sim = torch.empty(G, N, N, dtype=metric.dtype, device=metric.device)
-    for i in range(0, G, step):
-        k = F.normalize(metric[i:i + step].detach(), p=2, dim=-1)
-        sim[i:i + step] = torch.matmul(k, k.transpose(1, 2))
+    for i, j in gemm_spans(G, (1 << 24) // max(1, N * metric.shape[-1]), metric.device):
+        k = F.normalize(metric[i:j].detach(), p=2, dim=-1)
+        sim[i:j] = torch.matmul(k, k.transpose(1, 2))
     order = torch.argsort(sim.mean(dim=-1), dim=-1, descending=False)
     nb = (1 - sim) < Uc
     kept_sorted = redundancy_cover(nb, order)
@@ -212,16 +212,15 @@ def spatial_dynamic_compression(fused: torch.Tensor, metric: torch.Tensor, budge
     g_idx, n_idx = take.nonzero(as_tuple=True)  # group-major, raster within a group
     x = fused.float()
     D = x.shape[-1]
-    # neighbourhood means only of the emitted tokens, a batch of groups at a time (per-group bmm:
-    # the same bits as one batched call, without a (G, N, D) array)
-    step = max(1, (1 << 24) // max(1, N * D))
+    # neighbourhood means only of the emitted tokens, a span of groups at a time (`gemm_spans`: the
+    # bits of one batched call, without a (G, N, D) array)
     out = []
-    for i in range(0, G, step):
-        a = nb[i:i + step].float()
-        mean_nb = torch.bmm(a, x[i:i + step]) / a.sum(-1, keepdim=True).clamp(min=1)
-        sel = (g_idx >= i) & (g_idx < i + step)
+    for i, j in gemm_spans(G, (1 << 24) // max(1, N * D), fused.device):
+        a = nb[i:j].float()
+        mean_nb = torch.bmm(a, x[i:j]) / a.sum(-1, keepdim=True).clamp(min=1)
+        sel = (g_idx >= i) & (g_idx < j)
         gi, ni = g_idx[sel] - i, n_idx[sel]
-        out.append(((mean_nb[gi, ni] + x[i:i + step][gi, ni]) / 2).to(fused.dtype))
+        out.append(((mean_nb[gi, ni] + x[i:j][gi, ni]) / 2).to(fused.dtype))
         del mean_nb
     out = torch.cat(out) if out else x.new_zeros(0, D).to(fused.dtype)
     counts = {
