@@ -287,6 +287,8 @@ def test_official_rows_have_the_whole_steps_bits():
             torch.set_num_threads(threads)
             for cand_w in (None, w):
                 full = spatial.official_gains(sim, mu, w, cand_w)
+                zero = spatial.official_gains(sim, torch.zeros_like(mu), w, cand_w)
+                assert torch.equal(spatial.official_gains(sim, None, w, cand_w), zero)   # step 0's shortcut
                 for frames in ([4], [0, 5], [1, 2, 3]):
                     f = torch.tensor(frames)
                     got = spatial.official_rows(sim, mu, w, cand_w, f, min(T, max(2, threads)))
@@ -393,9 +395,15 @@ def test_pair_cost_at_the_llm_width_has_the_one_bmm_bits():
     a_n, b_n = torch.nn.functional.normalize(feat[:-1], dim=-1), torch.nn.functional.normalize(feat[1:], dim=-1)
     c_loc = (pos[:-1].unsqueeze(2) - pos[1:].unsqueeze(1)).norm(dim=-1) / math.sqrt(2.0)
     a = alpha.view(-1, 1, 1)
-    ref = a * (1.0 - torch.bmm(a_n, b_n.transpose(1, 2)).clamp(min=0.0)) + (1.0 - a) * c_loc
-    for chunk in (1, 3 * K * D, 1 << 22):
-        assert torch.equal(transport.pair_cost(feat, pos, alpha, chunk_elems=chunk), ref)
+    before = torch.get_num_threads()
+    try:
+        for threads in sorted({before, 2}):   # one pair per bmm sums otherwise at 2 threads
+            torch.set_num_threads(threads)
+            ref = a * (1.0 - torch.bmm(a_n, b_n.transpose(1, 2)).clamp(min=0.0)) + (1.0 - a) * c_loc
+            for chunk in (1, 3 * K * D, 1 << 22):
+                assert torch.equal(transport.pair_cost(feat, pos, alpha, chunk_elems=chunk), ref)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_budget_remainders_follow_topk_ties():

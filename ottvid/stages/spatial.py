@@ -116,13 +116,15 @@ def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, c
     return gain
 
 
-def official_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor,
+def official_gains(sim: torch.Tensor, mu: Optional[torch.Tensor], cover_w: torch.Tensor,
                    cand_w: Optional[torch.Tensor]) -> torch.Tensor:
     """(T, N) gains of every token of every frame, computed as the official batched step does
     (one (T, N, N) clamped difference, one transposed `bmm` with the (T, N, 1) cover weights,
     then w_j times that for SCOPE): the same calls on the same shapes, hence its bits on any
-    device. A frame's gains depend only on its own rows of `sim` and `mu`. TorchScript-compatible."""
-    diff = (sim - mu.unsqueeze(2)).clamp_min(0)
+    device. A frame's gains depend only on its own rows of `sim` and `mu`. `mu=None` is the
+    official step 0 (covers 0): sim - 0 is sim exactly, so the clamp alone, one (T, N, N) pass
+    fewer. TorchScript-compatible."""
+    diff = sim.clamp_min(0) if mu is None else (sim - mu.unsqueeze(2)).clamp_min(0)
     gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
     if cand_w is not None:
         gain = cand_w * gain
@@ -197,7 +199,7 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     if sim.device.type != "cpu":
         return _official_loop(sim, cover_w, cand_w, K)
     lo, hi, delta = rounding_margin(N)
-    bound = official_gains(sim, torch.zeros_like(cover_w), cover_w, cand_w)    # step 0, the official bits
+    bound = official_gains(sim, None, cover_w, cand_w)    # step 0, the official bits
     if per_frame is None:
         per_frame = T == 1 or (T <= PER_FRAME_MAX_T and N >= PER_FRAME_MIN_N)
     min_batch = min(T, max(2, torch.get_num_threads()))
