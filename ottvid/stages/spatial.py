@@ -148,6 +148,17 @@ def official_rows(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, ca
     return gains[:F_]
 
 
+def _official_picks(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
+                    bound: torch.Tensor, frames: torch.Tensor, min_batch: int) -> torch.Tensor:
+    """Near-ties: the official step's picks of the (F,) `frames`, the argmax of their `official_rows`
+    with the picked tokens (bound -inf) masked; those gains become the frames' bounds (in place).
+    TorchScript-compatible."""
+    gains = official_rows(sim, mu, cover_w, cand_w, frames, min_batch)
+    gains.masked_fill_(bound.index_select(0, frames) == float("-inf"), float("-inf"))
+    bound.index_copy_(0, frames, gains)
+    return gains.argmax(dim=1)
+
+
 def rounding_margin(N: int) -> tuple[float, float, float]:
     """(lo, hi, delta) bracketing any float32 evaluation G of a gain from another one H of the same gain.
 
@@ -216,12 +227,9 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
         tied = [(t, k) for t, k in zip(todo, stops) if k < K]
         if not tied:
             break
-        gains = official_rows(sim, mu, cover_w, cand_w, torch.tensor([t for t, _ in tied], device=sim.device),
-                              min_batch)      # on this thread, with its thread count
-        for (t, k), g in zip(tied, gains):
-            g.index_fill_(0, picks[t, :k], float("-inf"))
-            b = int(g.argmax())
-            bound[t] = g
+        frames = torch.tensor([t for t, _ in tied], device=sim.device)
+        best = _official_picks(sim, mu, cover_w, cand_w, bound, frames, min_batch)   # with this thread's count
+        for (t, k), b in zip(tied, best.tolist()):
             picks[t, k], bound[t, b] = b, float("-inf")
             torch.maximum(mu[t], sim[t, :, b], out=mu[t])
             k0[t] = k + 1
@@ -291,10 +299,7 @@ def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[to
             tied = top.values[:, 1].mul(hi).add_(delta) >= top.values[:, 0].mul(lo).sub_(delta)
             if bool(tied.any()):
                 tf = tied.nonzero().squeeze(1)
-                gains = official_rows(sim, mu, cover_w, cand_w, tf, min_batch)
-                gains.masked_fill_(bound.index_select(0, tf) == neg_inf, neg_inf)
-                best = best.index_copy(0, tf, gains.argmax(dim=1))
-                bound.index_copy_(0, tf, gains)
+                best = best.index_copy(0, tf, _official_picks(sim, mu, cover_w, cand_w, bound, tf, min_batch))
         picks[:, k] = best
         bound.scatter_(1, best.unsqueeze(1), neg_inf)
         if symmetric:
