@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -175,10 +176,12 @@ def rounding_margin(N: int) -> tuple[float, float, float]:
     return 1.0 / hi, hi, 4 * n * 2.0 ** -150
 
 
-#: CPU inputs of one frame, or of at most PER_FRAME_MAX_T frames of at least PER_FRAME_MIN_N tokens,
-#: run the greedy one frame at a time (`_coverage_frame_loop`, frames side by side on the cores)
-PER_FRAME_MAX_T = 4
-PER_FRAME_MIN_N = 300
+#: CPU inputs of at most PER_FRAME_MAX_T frames, or of frames of at least PER_FRAME_MIN_N tokens,
+#: run the greedy one frame at a time in numpy (`_coverage_frame_loop`); the others batched in
+#: TorchScript. The crossover measured on 2 threads (docs/efficiency.md): per frame at 12 x 196,
+#: 24 x 400, 32 x 702 and 16 x 702; batched at 16 x 196, 32 x 196, 32 x 300 and 180 x 192
+PER_FRAME_MAX_T = 12
+PER_FRAME_MIN_N = 400
 
 
 def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
@@ -197,11 +200,10 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     grow, so a gain evaluated earlier bounds every later one, within `rounding_margin`. A pick
     whose lead over the runner-up is beyond both evaluations' rounding is the official pick;
     otherwise (near-ties, duplicate tokens) the step's gains come from `official_gains` and the
-    pick is their argmax. The loops run in TorchScript (`script.run`). CPU inputs of one frame,
-    or of a few large frames (`PER_FRAME_MAX_T`, `PER_FRAME_MIN_N`), run the steps frame by frame
-    (`_coverage_frame_loop`: fewer, cheaper kernels a step), the frames side by side on worker
-    threads (`script.run_each`), unless `per_frame` says otherwise; their near-ties go back to
-    the calling thread, whose thread count the official call runs with.
+    pick is their argmax. The batched loop runs in TorchScript (`script.run`). CPU inputs of one
+    frame, few frames or large frames (`PER_FRAME_MAX_T`, `PER_FRAME_MIN_N`), run the steps frame
+    by frame in numpy (`_coverage_frame_loop`: a step is a dozen calls of about a microsecond
+    each), unless `per_frame` says otherwise; a near-tie's official step runs in torch.
     """
     T, N = sim.shape[0], sim.shape[1]
     K = min(K, N)
@@ -212,28 +214,25 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     lo, hi, delta = rounding_margin(N)
     bound = official_gains(sim, None, cover_w, cand_w)    # step 0, the official bits
     if per_frame is None:
-        per_frame = T == 1 or (T <= PER_FRAME_MAX_T and N >= PER_FRAME_MIN_N)
+        per_frame = T <= PER_FRAME_MAX_T or N >= PER_FRAME_MIN_N
     min_batch = min(T, max(2, torch.get_num_threads()))
     if not (per_frame and T > 0):
         return script.run(_coverage_loop, sim, cover_w, cand_w, bound, K, probe, lo, hi, delta, min_batch)
     mu = torch.zeros_like(cover_w)
     picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
-    k0 = [0] * T
-    todo = list(range(T)) if K > 0 else []
-    while todo:
-        stops = script.run_each(_coverage_frame_loop, [
-            (sim[t], cover_w[t], None if cand_w is None else cand_w[t], bound[t], mu[t], picks[t], k0[t], K, probe,
-             lo, hi, delta) for t in todo])
-        tied = [(t, k) for t, k in zip(todo, stops) if k < K]
-        if not tied:
-            break
-        frames = torch.tensor([t for t, _ in tied], device=sim.device)
-        best = _official_picks(sim, mu, cover_w, cand_w, bound, frames, min_batch)   # with this thread's count
-        for (t, k), b in zip(tied, best.tolist()):
-            picks[t, k], bound[t, b] = b, float("-inf")
-            torch.maximum(mu[t], sim[t, :, b], out=mu[t])
-            k0[t] = k + 1
-        todo = [t for t, k in tied if k + 1 < K]
+    for t in range(T):
+        s = sim[t]
+        args = (s.numpy(), cover_w[t].numpy(), None if cand_w is None else cand_w[t].numpy(), bound[t].numpy(),
+                mu[t].numpy(), picks[t].numpy())
+        symmetric = bool(torch.equal(s, s.t()))
+        k = 0
+        while k < K:
+            k = _coverage_frame_loop(*args, k, K, probe, lo, hi, delta, symmetric)
+            if k < K:   # a near-tie: the official step's pick (its gains become the bounds)
+                b = int(_official_picks(sim, mu, cover_w, cand_w, bound, torch.tensor([t]), min_batch))
+                picks[t, k], bound[t, b] = b, float("-inf")
+                torch.maximum(mu[t], s[:, b], out=mu[t])
+                k += 1
     return picks.sort(dim=1).values
 
 
@@ -310,54 +309,74 @@ def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[to
     return picks.sort(dim=1).values
 
 
-def frame_gains(s: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
-                cand: torch.Tensor) -> torch.Tensor:
-    """`coverage_gains` for one frame: the (m,) gains of the candidates `cand` of the (N, N) `s`,
-    the columns s[:, cand] read directly (`index_select` along dim 1) and contracted with the
-    cover weights by `mv`. TorchScript-compatible."""
-    N = s.shape[0]
-    diff = s.index_select(1, cand).sub_(mu.view(N, 1)).clamp_min_(0)           # (N, m): max(0, s[i, cand] - mu_i)
-    g = torch.mv(diff.t(), cover_w)
+#: at most this many candidate rows per gain product: numpy's BLAS (OpenBLAS) keeps a
+#: matrix-vector product this small on the calling thread (larger ones wake its own threads,
+#: which then spin against torch's)
+FRAME_ROWS = 128
+
+
+def frame_gains(s: np.ndarray, mu: np.ndarray, cover_w: np.ndarray, cand_w: Optional[np.ndarray],
+                cand: np.ndarray, symmetric: bool) -> np.ndarray:
+    """`coverage_gains` for one frame, in numpy: the (m,) gains of the candidates `cand` of the
+    (N, N) similarity `s` (float32 arrays), sum_i c_i max(0, s_ij - mu_i) [times w_j].
+
+    The columns s[:, cand] are read as rows when `s` is symmetric (contiguous copies);
+    max(s, mu) - mu is max(0, s - mu) exactly, one pass cheaper. Sums in numpy's order, not the
+    official step's: `coverage_select` allows for that (`rounding_margin`)."""
+    rows = s[cand] if symmetric else s[:, cand].T                 # (m, N): column j of s, a copy
+    np.maximum(rows, mu, out=rows)
+    rows -= mu
+    if len(cand) <= FRAME_ROWS:
+        g = rows @ cover_w
+    else:
+        g = np.concatenate([rows[i:i + FRAME_ROWS] @ cover_w for i in range(0, len(cand), FRAME_ROWS)])
     if cand_w is not None:
-        g = cand_w.index_select(0, cand) * g
+        g *= cand_w[cand]
     return g
 
 
-def _coverage_frame_loop(s: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], bound: torch.Tensor,
-                         mu: torch.Tensor, picks: torch.Tensor, k0: int, K: int, probe: int,
-                         lo: float, hi: float, delta: float) -> int:
-    """`coverage_select`'s lazy greedy on one frame, steps k0 ... K-1 (TorchScript-compatible).
+def _coverage_frame_loop(s: np.ndarray, cover_w: np.ndarray, cand_w: Optional[np.ndarray], bound: np.ndarray,
+                         mu: np.ndarray, picks: np.ndarray, k0: int, K: int, probe: int,
+                         lo: float, hi: float, delta: float, symmetric: bool) -> int:
+    """`coverage_select`'s lazy greedy on one frame, steps k0 ... K-1, in numpy.
 
-    The steps of `_coverage_loop` for a single (N, N) similarity `s`, with fewer kernels a step:
-    the gains by `frame_gains`, the decisions as Python numbers. `bound` (N,) holds upper bounds
-    (the official step-0 gains at k0 = 0), `mu` (N,) the covers, `picks` (K,) the picks so far;
-    all updated in place. Returns K when done, or the step whose runner-up is within rounding
-    of the best: the caller takes that pick from `official_gains`.
+    The steps of `_coverage_loop` for a single (N, N) similarity `s`: a numpy call costs about a
+    microsecond where a torch kernel costs several, and a step is a dozen small calls. `bound`
+    (N,) holds upper bounds (the official step-0 gains at k0 = 0), `mu` (N,) the covers, `picks`
+    (K,) the picks so far (numpy views of the caller's tensors), all updated in place. Returns K
+    when done, or the step whose runner-up is within rounding of the best: the caller takes that
+    pick from `official_gains`.
     """
     N = s.shape[0]
-    neg_inf = float("-inf")
+    neg_inf = -np.inf
     for k in range(k0, K):
-        m = min(probe, N)
-        while k > 0:
-            vals, cand = bound.topk(min(m + 1, N))
-            cm = cand[:m]
-            g = frame_gains(s, mu, cover_w, cand_w, cm)
-            if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
-                g.masked_fill_(vals[:m] == neg_inf, neg_inf)
-            bound.index_copy_(0, cm, g)
-            if m >= N or float(vals[m]) * hi + delta < float(g.max()) * lo - delta:
-                break
-            m = min(2 * m, N)
         if k == 0 or N == 1:   # the official step-0 gains: their argmax (lowest index on equal values)
             b = int(bound.argmax())
         else:
-            top = bound.topk(2)
-            if float(top.values[1]) * hi + delta >= float(top.values[0]) * lo - delta:
-                return k   # the runner-up within rounding of the best
-            b = int(top.indices[0])
+            m = min(probe, N)
+            while True:
+                if m < N:   # the m largest bounds, and the largest of the rest (a bound on all of them)
+                    order = np.argpartition(bound, N - m - 1)
+                    cand, rest = order[N - m:], float(bound[order[N - m - 1]])
+                else:
+                    cand, rest = np.arange(N), neg_inf
+                g = frame_gains(s, mu, cover_w, cand_w, cand, symmetric)
+                if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
+                    g[bound[cand] == neg_inf] = neg_inf
+                bound[cand] = g
+                j = int(g.argmax())
+                best = float(g[j])
+                if m >= N or rest * hi + delta < best * lo - delta:
+                    break
+                m = min(2 * m, N)
+            g[j] = neg_inf   # the runner-up: the next fresh gain, or a bound not evaluated
+            second = max(float(g.max()), rest)
+            if second * hi + delta >= best * lo - delta:
+                return k
+            b = int(cand[j])
         picks[k] = b
         bound[b] = neg_inf
-        torch.maximum(mu, s[:, b], out=mu)
+        np.maximum(mu, s[b] if symmetric else s[:, b], out=mu)
     return K
 
 
