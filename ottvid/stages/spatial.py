@@ -12,8 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import script
-
 SPATIAL_METHODS = ("coverage", "topk", "divprune", "adts", "scope")
 
 
@@ -82,39 +80,36 @@ def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
     return w / (w.sum(dim=-1, keepdim=True) + 1e-8)
 
 
-def coverage_gains(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
-                   cand: torch.Tensor, frames: Optional[torch.Tensor] = None, symmetric: bool = False,
-                   row0: Optional[torch.Tensor] = None) -> torch.Tensor:
+#: at most this many candidate rows per gain product: numpy's BLAS (OpenBLAS) keeps a
+#: matrix-vector product this small on the calling thread (larger ones wake its own threads,
+#: which then spin against torch's)
+FRAME_ROWS = 128
+
+
+def coverage_gains(S: np.ndarray, MU: np.ndarray, CW: np.ndarray, CDW: Optional[np.ndarray], frames: np.ndarray,
+                   cand: np.ndarray, symmetric: bool) -> np.ndarray:
     """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i) of the (F, m) candidates
-    `cand` of `frames` (default: every frame), the clamped (F, N, m) columns contracted with the
-    cover weights c by one transposed `bmm`. The sums may run in another order than the official
-    full step's (`official_gains`): `coverage_select` allows for that. `symmetric` (sim equal to
-    its transpose) reads the columns as rows, which is cheaper than a gather; `row0` may pass the
-    (T,) first flat row t*N of every frame. TorchScript-compatible (`coverage_select`).
+    `cand` of the (F,) `frames`, in numpy: S (T, N, N) similarities, MU (T, N) covers, CW (T, N)
+    cover weights c, CDW (T, N) SCOPE's w_j or None (float32 arrays).
+
+    The columns sim[f, :, cand] are read as rows when sim is symmetric (contiguous copies);
+    max(s, mu) - mu is max(0, s - mu) exactly; then one batched matrix-vector product per
+    FRAME_ROWS candidates. Sums in numpy's order, not the official step's (`official_gains`):
+    `coverage_select` allows for that (`rounding_margin`).
     """
-    T, N = sim.shape[0], sim.shape[1]
-    F_, m = cand.shape[0], cand.shape[1]
-    if frames is not None:
-        mu, cover_w = mu.index_select(0, frames), cover_w.index_select(0, frames)
-        if cand_w is not None:
-            cand_w = cand_w.index_select(0, frames)
-    if symmetric:   # columns are rows: contiguous row copies, then one transposing copy
-        if row0 is None:
-            row0 = torch.arange(T, device=cand.device) * N
-        if frames is not None:
-            row0 = row0.index_select(0, frames)
-        rows = sim.reshape(T * N, N).index_select(0, (row0.view(-1, 1) + cand).reshape(-1)).view(F_, m, N)
-        diff = rows.sub_(mu.unsqueeze(1)).clamp_min_(0).transpose(1, 2).contiguous()   # (F, N, m)
+    m = cand.shape[1]
+    if symmetric:
+        rows = S[frames[:, None], cand]                                                  # (F, m, N)
     else:
-        sub = sim
-        if frames is not None:
-            sub = sim.index_select(0, frames)
-        diff = torch.gather(sub, 2, cand.unsqueeze(1).expand(F_, N, m))             # (F, N, m): sim[f, i, cand]
-        diff.sub_(mu.unsqueeze(2)).clamp_min_(0)
-    gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
-    if cand_w is not None:
-        gain = torch.gather(cand_w, 1, cand) * gain
-    return gain
+        rows = S[frames[:, None, None], np.arange(S.shape[1])[:, None], cand[:, None, :]].transpose(0, 2, 1)
+    mu = MU[frames][:, None, :]
+    np.maximum(rows, mu, out=rows)
+    rows -= mu
+    cw = CW[frames][:, :, None]
+    g = np.concatenate([np.matmul(rows[:, i:i + FRAME_ROWS], cw)[:, :, 0] for i in range(0, m, FRAME_ROWS)], axis=1)
+    if CDW is not None:
+        g *= np.take_along_axis(CDW[frames], cand, 1)
+    return g
 
 
 def official_gains(sim: torch.Tensor, mu: Optional[torch.Tensor], cover_w: torch.Tensor,
@@ -176,12 +171,11 @@ def rounding_margin(N: int) -> tuple[float, float, float]:
     return 1.0 / hi, hi, 4 * n * 2.0 ** -150
 
 
-#: CPU inputs of at most PER_FRAME_MAX_T frames, or of frames of at least PER_FRAME_MIN_N tokens,
-#: run the greedy one frame at a time in numpy (`_coverage_frame_loop`); the others batched in
-#: TorchScript. The crossover measured on 2 threads (docs/efficiency.md): per frame at 12 x 196,
-#: 24 x 400, 32 x 702 and 16 x 702; batched at 16 x 196, 32 x 196, 32 x 300 and 180 x 192
-PER_FRAME_MAX_T = 12
-PER_FRAME_MIN_N = 400
+#: CPU inputs of at most PER_FRAME_MAX_T frames run the greedy one frame at a time
+#: (`_coverage_frame_loop`, 1-D arrays: fewer, cheaper calls); more frames all at once
+#: (`_coverage_loop`). Measured on 2 threads (docs/efficiency.md): per frame 1 x 702 7.3 ms,
+#: 4 x 702 33.6 against 12.9 and 36.3 batched; 12 x 196: 8.0 against 5.5
+PER_FRAME_MAX_T = 4
 
 
 def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str = "covered",
@@ -200,10 +194,10 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     grow, so a gain evaluated earlier bounds every later one, within `rounding_margin`. A pick
     whose lead over the runner-up is beyond both evaluations' rounding is the official pick;
     otherwise (near-ties, duplicate tokens) the step's gains come from `official_gains` and the
-    pick is their argmax. The batched loop runs in TorchScript (`script.run`). CPU inputs of one
-    frame, few frames or large frames (`PER_FRAME_MAX_T`, `PER_FRAME_MIN_N`), run the steps frame
-    by frame in numpy (`_coverage_frame_loop`: a step is a dozen calls of about a microsecond
-    each), unless `per_frame` says otherwise; a near-tie's official step runs in torch.
+    pick is their argmax. The lazy steps run in numpy (a call costs about a microsecond, a torch
+    kernel several, and a step is a dozen small calls): all frames at once (`_coverage_loop`),
+    or for at most `PER_FRAME_MAX_T` frames one frame at a time (`_coverage_frame_loop`), unless
+    `per_frame` says otherwise. Near-ties' official steps run in torch, on the calling thread.
     """
     T, N = sim.shape[0], sim.shape[1]
     K = min(K, N)
@@ -214,10 +208,10 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     lo, hi, delta = rounding_margin(N)
     bound = official_gains(sim, None, cover_w, cand_w)    # step 0, the official bits
     if per_frame is None:
-        per_frame = T <= PER_FRAME_MAX_T or N >= PER_FRAME_MIN_N
+        per_frame = T <= PER_FRAME_MAX_T
     min_batch = min(T, max(2, torch.get_num_threads()))
     if not (per_frame and T > 0):
-        return script.run(_coverage_loop, sim, cover_w, cand_w, bound, K, probe, lo, hi, delta, min_batch)
+        return _coverage_loop(sim, cover_w, cand_w, bound, K, probe, lo, hi, delta, min_batch)
     mu = torch.zeros_like(cover_w)
     picks = torch.empty(T, K, dtype=torch.long, device=sim.device)
     for t in range(T):
@@ -254,65 +248,57 @@ def _official_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[to
 
 def _coverage_loop(sim: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor], bound: torch.Tensor,
                    K: int, probe: int, lo: float, hi: float, delta: float, min_batch: int) -> torch.Tensor:
-    """`coverage_select`'s lazy greedy over all frames at once (TorchScript-compatible): (T, K)
-    picks, sorted per frame. `bound` (T, N) holds the official step-0 gains; updated in place;
-    (lo, hi, delta) is `rounding_margin(N)`, `min_batch` that of `official_rows`."""
+    """`coverage_select`'s lazy greedy over all frames at once, in numpy: (T, K) picks, sorted per
+    frame. `bound` (T, N) holds the official step-0 gains, updated in place; (lo, hi, delta) is
+    `rounding_margin(N)`, `min_batch` that of `official_rows`. A step: the `probe` largest bounds
+    of every frame evaluated (`coverage_gains`), doubled for the frames where a bound not
+    evaluated may still reach the best fresh gain; then the best, or on a near-tie the official
+    step's pick (`_official_picks`, torch)."""
     T, N = sim.shape[0], sim.shape[1]
-    dev = sim.device
-    mu = torch.zeros([T, N], dtype=sim.dtype, device=dev)
-    picks = torch.empty([T, K], dtype=torch.long, device=dev)
-    neg_inf = float("-inf")
     symmetric = bool(torch.equal(sim, sim.transpose(1, 2)))   # a Gram bmm's result usually is
-    flat = sim.reshape(T * N, N)
-    rows = torch.arange(T, device=dev) * N
+    S, B, CW = sim.numpy(), bound.numpy(), cover_w.numpy()
+    CDW = None if cand_w is None else cand_w.numpy()
+    mu = torch.zeros_like(cover_w)
+    MU = mu.numpy()
+    picks = np.empty((T, K), dtype=np.int64)
+    every = np.arange(T)
+    neg_inf = -np.inf
     for k in range(K):
-        frames: Optional[torch.Tensor] = None
         m = min(probe, N)
+        frames = every
         while k > 0:
-            src = bound
-            if frames is not None:
-                src = bound.index_select(0, frames)
-            vals, cand = src.topk(min(m + 1, N), dim=1)
-            g = coverage_gains(sim, mu, cover_w, cand_w, cand[:, :m], frames, symmetric, rows)
+            sub = B[frames]
+            if m < N:   # the m largest bounds, and the largest of the rest (a bound on all of them)
+                order = np.argpartition(sub, N - m - 1, axis=1)
+                cand = order[:, N - m:]
+                rest = np.take_along_axis(sub, order[:, N - m - 1:N - m], 1)[:, 0].astype(np.float64)
+            else:
+                cand = np.broadcast_to(np.arange(N), (len(frames), N))
+            g = coverage_gains(S, MU, CW, CDW, frames, cand, symmetric)
             if N - k < m:   # fewer than m candidates left: the picked ones (bound -inf) stay -inf
-                g.masked_fill_(vals[:, :m] == neg_inf, neg_inf)
-            src.scatter_(1, cand[:, :m], g)
-            if frames is not None:
-                bound.index_copy_(0, frames, src)
+                g[np.take_along_axis(sub, cand, 1) == neg_inf] = neg_inf
+            B[frames[:, None], cand] = g
             if m >= N:
                 break
-            # open: the largest bound not evaluated may still reach the best fresh gain
-            open_ = vals[:, m].mul(hi).add_(delta) >= g.amax(dim=1).mul_(lo).sub_(delta)
-            if not bool(open_.any()):
+            open_ = rest * hi + delta >= g.max(axis=1).astype(np.float64) * lo - delta
+            if not open_.any():
                 break
-            if frames is None:
-                frames = open_.nonzero().squeeze(1)
-            else:
-                frames = frames[open_]
+            frames = frames[open_]
             m = min(2 * m, N)
-        if k == 0 or N == 1:   # the official step-0 gains: their argmax (lowest index on equal values)
-            best = bound.argmax(dim=1)
-        else:   # the runner-up (fresh, or a bound already ruled out) within rounding of the best: official step
-            top = bound.topk(2, dim=1)
-            best = top.indices[:, 0]
-            tied = top.values[:, 1].mul(hi).add_(delta) >= top.values[:, 0].mul(lo).sub_(delta)
-            if bool(tied.any()):
-                tf = tied.nonzero().squeeze(1)
-                best = best.index_copy(0, tf, _official_picks(sim, mu, cover_w, cand_w, bound, tf, min_batch))
+        best = B.argmax(axis=1)   # step 0: the official gains' argmax (lowest index on equal values)
+        if k > 0 and N > 1:   # the runner-up (fresh, or a bound already ruled out) within rounding of the best: official step
+            top = B[every, best].astype(np.float64)
+            B[every, best] = neg_inf
+            second = B.max(axis=1).astype(np.float64)
+            B[every, best] = top   # (float32 values: back exactly)
+            tied = second * hi + delta >= top * lo - delta
+            if tied.any():
+                tf = every[tied]
+                best[tf] = _official_picks(sim, mu, cover_w, cand_w, bound, torch.from_numpy(tf), min_batch).numpy()
         picks[:, k] = best
-        bound.scatter_(1, best.unsqueeze(1), neg_inf)
-        if symmetric:
-            col = flat.index_select(0, rows + best)
-        else:
-            col = torch.gather(sim, 2, best.view(T, 1, 1).expand(T, N, 1)).squeeze(2)
-        torch.maximum(mu, col, out=mu)
-    return picks.sort(dim=1).values
-
-
-#: at most this many candidate rows per gain product: numpy's BLAS (OpenBLAS) keeps a
-#: matrix-vector product this small on the calling thread (larger ones wake its own threads,
-#: which then spin against torch's)
-FRAME_ROWS = 128
+        B[every, best] = neg_inf
+        np.maximum(MU, S[every, best] if symmetric else S[every, :, best], out=MU)
+    return torch.from_numpy(picks).sort(dim=1).values
 
 
 def frame_gains(s: np.ndarray, mu: np.ndarray, cover_w: np.ndarray, cand_w: Optional[np.ndarray],
@@ -326,10 +312,7 @@ def frame_gains(s: np.ndarray, mu: np.ndarray, cover_w: np.ndarray, cand_w: Opti
     rows = s[cand] if symmetric else s[:, cand].T                 # (m, N): column j of s, a copy
     np.maximum(rows, mu, out=rows)
     rows -= mu
-    if len(cand) <= FRAME_ROWS:
-        g = rows @ cover_w
-    else:
-        g = np.concatenate([rows[i:i + FRAME_ROWS] @ cover_w for i in range(0, len(cand), FRAME_ROWS)])
+    g = np.concatenate([rows[i:i + FRAME_ROWS] @ cover_w for i in range(0, len(cand), FRAME_ROWS)])
     if cand_w is not None:
         g *= cand_w[cand]
     return g
