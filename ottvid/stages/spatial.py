@@ -86,6 +86,14 @@ def normalized_saliency(saliency: torch.Tensor) -> torch.Tensor:
 FRAME_ROWS = 128
 
 
+def _matvec(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """rows @ v, at most FRAME_ROWS rows (axis -2) per product."""
+    m = rows.shape[-2]
+    if m <= FRAME_ROWS:
+        return rows @ v
+    return np.concatenate([rows[..., i:i + FRAME_ROWS, :] @ v for i in range(0, m, FRAME_ROWS)], axis=rows.ndim - 2)
+
+
 def coverage_gains(S: np.ndarray, MU: np.ndarray, CW: np.ndarray, CDW: Optional[np.ndarray], frames: np.ndarray,
                    cand: np.ndarray, symmetric: bool) -> np.ndarray:
     """Eq. 1 marginal gains gain(j) = [w_j] sum_i c_i max(0, sim_ij - mu_i) of the (F, m) candidates
@@ -97,7 +105,6 @@ def coverage_gains(S: np.ndarray, MU: np.ndarray, CW: np.ndarray, CDW: Optional[
     FRAME_ROWS candidates. Sums in numpy's order, not the official step's (`official_gains`):
     `coverage_select` allows for that (`rounding_margin`).
     """
-    m = cand.shape[1]
     if symmetric:
         rows = S[frames[:, None], cand]                                                  # (F, m, N)
     else:
@@ -106,7 +113,7 @@ def coverage_gains(S: np.ndarray, MU: np.ndarray, CW: np.ndarray, CDW: Optional[
     np.maximum(rows, mu, out=rows)
     rows -= mu
     cw = CW[frames][:, :, None]
-    g = np.concatenate([np.matmul(rows[:, i:i + FRAME_ROWS], cw)[:, :, 0] for i in range(0, m, FRAME_ROWS)], axis=1)
+    g = _matvec(rows, cw)[:, :, 0]
     if CDW is not None:
         g *= np.take_along_axis(CDW[frames], cand, 1)
     return g
@@ -312,7 +319,7 @@ def frame_gains(s: np.ndarray, mu: np.ndarray, cover_w: np.ndarray, cand_w: Opti
     rows = s[cand] if symmetric else s[:, cand].T                 # (m, N): column j of s, a copy
     np.maximum(rows, mu, out=rows)
     rows -= mu
-    g = np.concatenate([rows[i:i + FRAME_ROWS] @ cover_w for i in range(0, len(cand), FRAME_ROWS)])
+    g = _matvec(rows, cover_w)
     if cand_w is not None:
         g *= cand_w[cand]
     return g
