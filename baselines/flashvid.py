@@ -79,7 +79,14 @@ def _calibrated_distances(features: torch.Tensor, saliency: torch.Tensor, varian
     x = features.float()
     s = saliency.float() * _SALIENCY_SCALE
     unit = x / x.norm(p=2, dim=-1, keepdim=True)
-    dist = 1.0 - torch.bmm(unit, unit.transpose(-1, -2))
+    T, N, _ = x.shape
+    dist = x.new_empty(T, N, N)
+    start = 0
+    for length in segment_lengths:   # one `bmm` per segment, the official call (a BLAS may sum by batch size)
+        sl = slice(start, start + length)
+        if length:
+            dist[sl] = 1.0 - torch.bmm(unit[sl], unit[sl].transpose(-1, -2))
+        start += length
     if variant == "attn_div":
         return dist * s.unsqueeze(1)
     frame_means = x.mean(1)
@@ -101,8 +108,9 @@ def adts_select(features: torch.Tensor, saliency: torch.Tensor, k: int, *, varia
     to j's nearest other token; each next pick maximises s_j times the distance to the
     closest picked token (ties to the lowest index). `attn_div` (ADTSv1) excludes picked
     tokens; `attn_div_v2` multiplies in the event relevance and, like the official code,
-    does not exclude them. `segment_lengths` (default: one segment) only matters for v2.
-    Frames are processed in one batch; the loop runs over the k greedy steps.
+    does not exclude them. `segment_lengths` (default: one segment): v2's relevance, and the
+    distances' `bmm`, one per segment as the official code calls it (same values; a BLAS may
+    round by batch size). The greedy runs over all frames in one batch, k steps.
     """
     check_choice("variant", variant, ADTS_VARIANTS)
     if features.dim() != 3:
@@ -145,18 +153,23 @@ def tstm_parents(features: torch.Tensor, candidate: torch.Tensor, segment_start:
 
     Pairs involving a non-candidate (ADTS) token score -1; the first frame of every
     segment gets sigma = -1 (it never merges). Ties go to the lowest index. Input dtype.
+    One `einsum` per segment, as the official code calls it (a BLAS may round by batch size).
     """
     T, N, _ = features.shape
     sigma = features.new_full((T, N), -1.0)
     parent = torch.full((T, N), -1, dtype=torch.long, device=features.device)
     if T > 1:
         unit = features / features.norm(p=2, dim=-1, keepdim=True)
-        sims = torch.einsum("b n d, b m d -> b n m", unit[1:], unit[:-1])
-        sims = sims.masked_fill(~candidate[1:].unsqueeze(-1), -1.0)
-        sims = sims.masked_fill(~candidate[:-1].unsqueeze(1), -1.0)
-        best, arg = sims.max(dim=-1)
-        sigma[1:] = best
-        parent[1:] = arg
+        cuts = sorted({0, T, *segment_start.nonzero().flatten().tolist()})
+        for a, b in zip(cuts[:-1], cuts[1:]):   # one `einsum` per segment, the official call
+            if b - a < 2:
+                continue
+            sims = torch.einsum("b n d, b m d -> b n m", unit[a + 1:b], unit[a:b - 1])
+            sims = sims.masked_fill(~candidate[a + 1:b].unsqueeze(-1), -1.0)
+            sims = sims.masked_fill(~candidate[a:b - 1].unsqueeze(1), -1.0)
+            best, arg = sims.max(dim=-1)
+            sigma[a + 1:b] = best
+            parent[a + 1:b] = arg
     sigma[segment_start] = -1.0
     parent[segment_start] = -1
     return sigma, parent

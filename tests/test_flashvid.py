@@ -319,3 +319,38 @@ def test_cuda_matches_cpu_counts(path):
     out = run_seeded(build(retention=d["params"]["retention"]), cuda)
     assert out.features.is_cuda and out.count == d["output"]["count"]
     assert out.stats["segment_lengths"] == d["diagnostics"]["segment_lengths"]
+
+
+def test_gemms_run_per_segment_as_the_official_calls(monkeypatch):
+    """The official code compresses segment by segment: ADTS's distance `bmm` and TSTM's frame-pair
+    `einsum` see one segment's frames. A BLAS may round a batched GEMM by its batch size (MKL
+    does on some machines), so ours makes the same calls, and the values equal one big batch."""
+    g = torch.Generator().manual_seed(0)
+    T, N, D = 6, 12, 16
+    x = torch.randn(T, N, D, generator=g)
+    sal = torch.rand(T, N, generator=g)
+    lengths = [3, 1, 2]
+    start = torch.zeros(T, dtype=torch.bool)
+    start[[0, 3, 4]] = True
+    cand = torch.rand(T, N, generator=g) > 0.3
+    want_keep = {v: adts_select(x, sal, 4, variant=v, segment_lengths=[T]) for v in ("attn_div", "attn_div_v2")}
+    unit = x / x.norm(p=2, dim=-1, keepdim=True)
+    whole = torch.einsum("b n d, b m d -> b n m", unit[1:], unit[:-1])
+    seen = []
+    bmm, einsum = torch.bmm, torch.einsum
+    monkeypatch.setattr(torch, "bmm", lambda a, b, **kw: seen.append(("bmm", a.shape[0])) or bmm(a, b, **kw))
+    monkeypatch.setattr(torch, "einsum", lambda eq, *ops: seen.append((eq, ops[0].shape[0])) or einsum(eq, *ops))
+    for v in ("attn_div", "attn_div_v2"):
+        seen.clear()
+        keep = adts_select(x, sal, 4, variant=v, segment_lengths=lengths)
+        assert [n for op, n in seen if op == "bmm"] == lengths
+        if v == "attn_div":   # v1 has no per-segment term: the same picks as one segment
+            assert torch.equal(keep, want_keep[v])
+    seen.clear()
+    sigma, parent = tstm_parents(x, cand, start)
+    assert seen == [("b n d, b m d -> b n m", 2), ("b n d, b m d -> b n m", 1)]   # segments of 3 and 2 frames
+    masked = whole.masked_fill(~cand[1:].unsqueeze(-1), -1.0).masked_fill(~cand[:-1].unsqueeze(1), -1.0)
+    best, arg = masked.max(dim=-1)
+    inner = ~start[1:]
+    assert torch.equal(sigma[1:][inner], best[inner]) and torch.equal(parent[1:][inner], arg[inner])
+    assert (sigma[start] == -1).all() and (parent[start] == -1).all()
