@@ -30,6 +30,7 @@ import torch
 
 from ottvid.contract import CompressedTokens, VideoTokens
 from ottvid.registry import Compressor, check_choice, check_int, check_range, check_retention, register
+from ottvid.stages.spatial import gemm_spans
 
 #: number of nearest neighbours (self included) in the DPC-kNN local density, as in the official code.
 DENSITY_KNN = 4
@@ -150,9 +151,17 @@ def dtm(anchors: torch.Tensor, pool: torch.Tensor, beta: float,
 DTM_CHUNK_ELEMS = 1 << 24
 
 
-def dtm_chunks(n_batch: int, pool_tokens: int, width: int) -> range:
-    """Start indices of DTM batches of at most max(1, DTM_CHUNK_ELEMS // (pool_tokens * width))."""
-    return range(0, n_batch, max(1, DTM_CHUNK_ELEMS // max(1, pool_tokens * width)))
+def dtm_spans(n_batch: int, pool_tokens: int, width: int, device: torch.device) -> list[tuple[int, int]]:
+    """DTM batches of about DTM_CHUNK_ELEMS // (pool_tokens * width) problems, cut by `gemm_spans`
+    (each span the bits of one batched call on all: at least the thread count on CPU, one span on CUDA)."""
+    return gemm_spans(n_batch, DTM_CHUNK_ELEMS // max(1, pool_tokens * width), device)
+
+
+def official_batch(T: int, device: torch.device) -> int:
+    """Frames the single-frame DTM batch must hold for the official call's bits: the official code
+    makes one `bmm` over all T frames. On CPU a batch of at least the thread count (and never one
+    frame out of several) has them (`gemm_spans`); elsewhere all T frames, the call itself."""
+    return min(T, max(2, torch.get_num_threads())) if device.type == "cpu" else T
 
 
 def _saliency_pool(saliency: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -438,13 +447,20 @@ class FastVID(Compressor):
         own = torch.nonzero(budget_t == C).squeeze(1) if C > 0 else budget_t.new_zeros(0)
         if own.numel():
             a_all = torch.topk(score[own], C, dim=-1).indices                        # (F, C)
-            step = dtm_chunks(own.numel(), n_free, D).step
-            for i in range(0, own.numel(), step):
-                fr, a = own[i:i + step], a_all[i:i + step]
-                pool = free_tok.index_select(0, fr)
-                anchors = torch.gather(pool, 1, a[..., None].expand(-1, C, D))
+            others = torch.nonzero(budget_t != C).squeeze(1)
+            min_batch = official_batch(T, x.device)
+            for i, j in dtm_spans(own.numel(), n_free, D, x.device):
+                fr, a = own[i:j], a_all[i:j]
+                if j - i < min_batch:   # joined by other frames (outputs dropped), as the official batch is
+                    extra = others[:min_batch - (j - i)]
+                    fr_b = torch.cat([fr, extra])
+                    a_b = torch.cat([a, torch.topk(score[extra], C, dim=-1).indices])
+                else:
+                    fr_b, a_b = fr, a
+                pool = free_tok.index_select(0, fr_b)
+                anchors = torch.gather(pool, 1, a_b[..., None].expand(-1, C, D))
                 merged, _ = dtm(anchors, pool, P.beta)
-                out_tok.append(merged.reshape(-1, D))
+                out_tok.append(merged[:j - i].reshape(-1, D))
                 out_flat.append((fr[:, None] * N + torch.gather(free_idx[fr], 1, a)).reshape(-1))
             stat_pool += own.numel() * n_free
             n_single = own.numel()
@@ -461,9 +477,8 @@ class FastVID(Compressor):
                 a_all = torch.topk(score[fr_all], Ke, dim=-1).indices                # (F, Ke)
                 pool = free_tok[start:start + L].reshape(1, L * n_free, D)
                 pool_n = pool / pool.norm(dim=-1, keepdim=True)
-                step = dtm_chunks(len(rel), L * n_free, Ke).step
-                for i in range(0, len(rel), step):
-                    fr, a = fr_all[i:i + step], a_all[i:i + step]
+                for i, j in dtm_spans(len(rel), L * n_free, Ke, x.device):   # one span: the official call
+                    fr, a = fr_all[i:j], a_all[i:j]
                     anchors = torch.gather(free_tok[fr], 1, a[..., None].expand(-1, Ke, D))
                     merged, _ = dtm(anchors, pool.expand(len(fr), -1, -1), P.beta,
                                     pool_n=pool_n.expand(len(fr), -1, -1))

@@ -516,3 +516,29 @@ def test_qwen_cuda_matches_cpu_structure():
     gpu = run(qbuild(retention=0.3), vc)
     assert gpu.features.is_cuda and gpu.count == cpu.count
     assert gpu.stats["segment_sizes"] == cpu.stats["segment_sizes"]
+
+
+def test_single_frame_dtm_batches_as_the_official_call(monkeypatch):
+    """The official single-frame DTM makes one `bmm` over all T frames. Ours merges only the frames
+    whose budget is C, so a batch of those alone could be one frame, which a BLAS may round by
+    its batch size; it is joined by other frames up to `official_batch` (outputs dropped)."""
+    import baselines.fastvid as fv
+
+    v = random_video(6, 4, 4, 32, 0)
+    ff = v.frame_features.clone()
+    ff[:5], ff[5] = ff[0], -ff[0]                        # segments [5, 1]: one frame has budget C
+    v = VideoTokens(features=v.features, grid_hw=v.grid_hw, saliency=v.saliency, frame_features=ff)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        seen, bmm = [], torch.bmm
+        with monkeypatch.context() as m:
+            m.setattr(torch, "bmm", lambda a, b, **kw: seen.append(a.shape[0]) or bmm(a, b, **kw))
+            got = run(build(retention=0.5, c=1), v)
+        assert got.stats["segment_sizes"] == [5, 1] and got.stats["context_budget_per_frame"][5] == 3
+        assert seen[:2] == [4, 4]                          # min(T, threads), not the one frame
+        monkeypatch.setattr(fv, "official_batch", lambda T, device: T)   # all T frames: the official call
+        want = run(build(retention=0.5, c=1), v)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got.features, want.features) and torch.equal(got.positions, want.positions)
