@@ -104,8 +104,10 @@ def density_score(tokens: torch.Tensor, noise: torch.Tensor | None = None) -> to
         noise = torch.rand((T, n), device=tokens.device, dtype=torch.float32)
     if T == 0 or n == 0:
         return tokens.new_zeros((T, n), dtype=torch.float32) + noise * DENSITY_NOISE
-    step = max(1, (1 << 22) // (n * n))  # frames per batch: the (n, n) work arrays stay small
-    return torch.cat([_density_score(tokens[i:i + step], noise[i:i + step]) for i in range(0, T, step)])
+    # frames per batch: the (n, n) work arrays stay small; `gemm_spans` keeps the one call's bits
+    # (the official `cdist` covers all T frames, and its GEMM may round by batch size)
+    spans = gemm_spans(T, (1 << 22) // (n * n), tokens.device)
+    return torch.cat([_density_score(tokens[i:j], noise[i:j]) for i, j in spans])
 
 
 def _density_score(tokens: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

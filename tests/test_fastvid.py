@@ -542,3 +542,25 @@ def test_single_frame_dtm_batches_as_the_official_call(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(got.features, want.features) and torch.equal(got.positions, want.positions)
+
+
+def test_density_batches_keep_the_one_cdist(monkeypatch):
+    """The official DPC-kNN density is one `cdist` over all T frames; ours runs bounded batches of
+    frames, cut by `gemm_spans` so that no batch is a lone remainder frame (a GEMM may round by
+    batch size). n = 1024 tokens: batches of 4 frames, T = 5 must not leave a batch of one."""
+    from baselines.fastvid import density_score
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 1024, 8, generator=g)
+    noise = torch.rand(5, 1024, generator=g)
+    seen, cdist = [], torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda a, b, **kw: seen.append(a.shape[0]) or cdist(a, b, **kw))
+    got = density_score(x, noise)
+    assert min(seen) >= min(5, max(2, torch.get_num_threads())) and sum(seen) == 5
+    monkeypatch.undo()
+    whole = torch.cdist(x, x) / 8 ** 0.5
+    near = torch.topk(whole, k=4, dim=-1, largest=False).values
+    rho = (-(near ** 2).mean(dim=-1)).exp() + noise * 1e-6
+    denser = (rho[:, None, :] > rho[:, :, None]).float()
+    dmax = whole.flatten(1).max(dim=-1).values[:, None, None]
+    assert torch.equal(got, (whole * denser + dmax * (1 - denser)).min(dim=-1).values * rho)
