@@ -36,6 +36,18 @@ def init() -> None:
         dist.init_process_group(backend=backend)
 
 
+def shutdown() -> None:
+    """Leave the process group (each rank, when its work is done). A gloo group left for the
+    interpreter's exit to tear down can abort the rank ("terminate called without an active
+    exception", exit -6; pytorch/pytorch#190489), turning a finished sweep into a failed launch."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if world_size() <= 1:

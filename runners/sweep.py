@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     from . import dist
 
     dist.init()  # a rank of a data-parallel launch (launcher=torchrun) joins its process group
+    rc = _main(argv)
+    dist.shutdown()  # on a normal return only: after an exception another rank may still wait in a collective
+    return rc
+
+
+def _main(argv: list[str]) -> int:
     try:
         base, cells, subgrids = plan(argv)
         scale = scale_of(argv)

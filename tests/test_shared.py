@@ -186,3 +186,31 @@ def test_a_new_method_config_switches_the_compressor_without_reloading(tmp_path)
         assert m.adapter.method == c.method and m.adapter.hparams.get("retention", 1.0) == c.hparams.get("retention", 1.0)
     _, other, _ = plan([*BASE, SMALL % "synth_mvbench", f"results_dir={tmp_path}", "backbone.max_frames_num=4"])
     assert lmms_glue.load_model(other[0][0]) is not models[0]  # another protocol: another load
+
+
+def test_ranks_leave_their_process_group_on_a_normal_return(monkeypatch):
+    """A gloo group left for the interpreter's exit can abort a finished rank (exit -6, seen once in
+    CI on the torchrun test): the sweep destroys it after a normal return, not after an exception
+    (another rank may still wait in a collective)."""
+    import torch.distributed as tdist
+
+    from runners import dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")   # dist.shutdown acts on multi-rank launches only
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    dist.shutdown()
+    assert not tdist.is_initialized()
+    calls = []
+    monkeypatch.setattr(dist, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(dist, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(sweep, "_main", lambda argv: 3)
+    assert sweep.main([]) == 3 and calls == ["init", "shutdown"]
+    calls.clear()
+
+    def boom(argv):
+        raise RuntimeError("cell crashed")
+
+    monkeypatch.setattr(sweep, "_main", boom)
+    with pytest.raises(RuntimeError):
+        sweep.main([])
+    assert calls == ["init"]
