@@ -30,7 +30,7 @@ import torch
 
 from ottvid.contract import CompressedTokens, VideoTokens
 from ottvid.registry import Compressor, check_choice, check_int, check_range, check_retention, register
-from ottvid.stages.spatial import gemm_spans
+from ottvid.stages.spatial import gemm_spans, official_batch
 
 #: number of nearest neighbours (self included) in the DPC-kNN local density, as in the official code.
 DENSITY_KNN = 4
@@ -157,13 +157,6 @@ def dtm_spans(n_batch: int, pool_tokens: int, width: int, device: torch.device) 
     """DTM batches of about DTM_CHUNK_ELEMS // (pool_tokens * width) problems, cut by `gemm_spans`
     (each span the bits of one batched call on all: at least the thread count on CPU, one span on CUDA)."""
     return gemm_spans(n_batch, DTM_CHUNK_ELEMS // max(1, pool_tokens * width), device)
-
-
-def official_batch(T: int, device: torch.device) -> int:
-    """Frames the single-frame DTM batch must hold for the official call's bits: the official code
-    makes one `bmm` over all T frames. On CPU a batch of at least the thread count (and never one
-    frame out of several) has them (`gemm_spans`); elsewhere all T frames, the call itself."""
-    return min(T, max(2, torch.get_num_threads())) if device.type == "cpu" else T
 
 
 def _saliency_pool(saliency: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:

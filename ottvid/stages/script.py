@@ -1,6 +1,6 @@
-"""The sequential CPU loops (greedy coverage, Sinkhorn) run in the TorchScript interpreter.
+"""The sequential CPU loop of Sinkhorn runs in the TorchScript interpreter.
 
-Those loops are hundreds of small kernels one after another. On CPU, the Python interpreter
+That loop is hundreds of small kernels one after another. On CPU, the Python interpreter
 between two kernels costs about as much as the kernels, and TorchScript's interpreter costs
 less. `run(fn, *args)` calls `torch.jit.script(fn)` on CPU inputs, with graph optimisation
 off (`torch.jit.optimized_execution(False)`): no fusion, no shape specialisation, the same ATen

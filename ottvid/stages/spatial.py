@@ -44,6 +44,13 @@ def gemm_spans(n: int, per: int, device: torch.device) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def official_batch(T: int, device: torch.device) -> int:
+    """Problems a batch must hold to give each of them the bits of the official one call on all T
+    (frames or pairs): on CPU at least the thread count, and never one out of several, i.e.
+    min(T, max(2, threads)) (as for `gemm_spans`); elsewhere (CUDA) all T, the call itself."""
+    return min(T, max(2, torch.get_num_threads())) if device.type == "cpu" else T
+
+
 def cosine_similarity(x: torch.Tensor, colocated: bool = False, chunk_elems: int = 1 << 22):
     """(T, N, D) -> (T, N, N) float32 cosine similarity (L2-normalised dot products).
 
@@ -126,7 +133,7 @@ def official_gains(sim: torch.Tensor, mu: Optional[torch.Tensor], cover_w: torch
     then w_j times that for SCOPE): the same calls on the same shapes, hence its bits on any
     device. A frame's gains depend only on its own rows of `sim` and `mu`. `mu=None` is the
     official step 0 (covers 0): sim - 0 is sim exactly, so the clamp alone, one (T, N, N) pass
-    fewer. TorchScript-compatible."""
+    fewer."""
     diff = sim.clamp_min(0) if mu is None else (sim - mu.unsqueeze(2)).clamp_min(0)
     gain = torch.bmm(diff.transpose(1, 2), cover_w.unsqueeze(2)).squeeze(2)
     if cand_w is not None:
@@ -137,9 +144,7 @@ def official_gains(sim: torch.Tensor, mu: Optional[torch.Tensor], cover_w: torch
 def official_rows(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
                   frames: torch.Tensor, min_batch: int) -> torch.Tensor:
     """`official_gains` of the (F,) `frames` only, (F, N): the official call on those frames,
-    joined by the first others up to `min_batch` frames (`min(T, max(2, threads))`: a batch of at
-    least the thread count, and never one frame out of several, keeps the whole call's bits,
-    as for `gemm_spans`). TorchScript-compatible."""
+    joined by the first others up to `min_batch` frames (`official_batch`: the whole call's bits)."""
     F_ = frames.shape[0]
     fr = frames
     if F_ < min_batch:
@@ -154,8 +159,7 @@ def official_rows(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, ca
 def _official_picks(sim: torch.Tensor, mu: torch.Tensor, cover_w: torch.Tensor, cand_w: Optional[torch.Tensor],
                     bound: torch.Tensor, frames: torch.Tensor, min_batch: int) -> torch.Tensor:
     """Near-ties: the official step's picks of the (F,) `frames`, the argmax of their `official_rows`
-    with the picked tokens (bound -inf) masked; those gains become the frames' bounds (in place).
-    TorchScript-compatible."""
+    with the picked tokens (bound -inf) masked; those gains become the frames' bounds (in place)."""
     gains = official_rows(sim, mu, cover_w, cand_w, frames, min_batch)
     gains.masked_fill_(bound.index_select(0, frames) == float("-inf"), float("-inf"))
     bound.index_copy_(0, frames, gains)
@@ -216,7 +220,7 @@ def coverage_select(sim: torch.Tensor, w: torch.Tensor, K: int, *, weight: str =
     bound = official_gains(sim, None, cover_w, cand_w)    # step 0, the official bits
     if per_frame is None:
         per_frame = T <= PER_FRAME_MAX_T
-    min_batch = min(T, max(2, torch.get_num_threads()))
+    min_batch = official_batch(T, sim.device)
     if not (per_frame and T > 0):
         return _coverage_loop(sim, cover_w, cand_w, bound, K, probe, lo, hi, delta, min_batch)
     mu = torch.zeros_like(cover_w)
