@@ -362,8 +362,11 @@ def test_similarity_at_the_llm_width_has_the_one_bmm_bits(T, N):
             torch.set_num_threads(threads)
             xn = torch.nn.functional.normalize(x, dim=-1)
             one = torch.bmm(xn, xn.transpose(1, 2))
+            pairs = (xn[:-1] * xn[1:]).sum(-1)
             for chunk in (1, 2 * N * 3584, 1 << 22):
                 assert torch.equal(spatial.cosine_similarity(x, chunk_elems=chunk), one)
+                sim, adj = spatial.cosine_similarity(x, colocated=True, chunk_elems=chunk)
+                assert torch.equal(sim, one) and torch.equal(adj, pairs)   # co-located cosines, one pair at a time
     finally:
         torch.set_num_threads(before)
 
