@@ -464,3 +464,17 @@ def test_script_falls_back_to_python_with_a_warning():
 
     with pytest.warns(UserWarning, match="could not compile .*not_scriptable"):
         assert torch.equal(script.run(not_scriptable, torch.zeros(2)), torch.ones(2))
+
+
+def test_compiled_without_a_cache_location_still_compiles():
+    """A function numba cannot cache (here: no source file; elsewhere: no writable cache dir) is
+    compiled per process instead of failing at import."""
+    import numba
+
+    from ottvid.stages import lazy
+
+    scope = {}
+    exec("def double(a):\n    return 2 * a\n", scope)
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        numba.njit(cache=True)(scope["double"])
+    assert lazy.compiled()(scope["double"])(21) == 42

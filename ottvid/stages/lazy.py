@@ -5,8 +5,8 @@ and takes the argmax. Here a gain is evaluated only when it may win, in float64 
 terms, and a pick is made only when it is the official pick whatever order the official code
 sums in (`Margins`); otherwise `greedy` hands the step back to the caller, which takes it from
 the official call (`spatial.coverage_select`). numba compiles the loops once per machine
-(cached next to this file); a step is a few heap operations and row passes, not interpreter
-calls.
+(`compiled`: cached next to this file); a step is a few heap operations and row passes, not
+interpreter calls.
 """
 from __future__ import annotations
 
@@ -14,6 +14,17 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+
+
+def compiled(**flags):
+    """numba.njit (no GIL, no bounds checks, `flags`), its machine code cached next to the module;
+    where no cache location is writable (numba raises at decoration), compiled in each process."""
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, nogil=True, boundscheck=False, **flags)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, nogil=True, boundscheck=False, **flags)(fn)
+    return wrap
 
 
 class Margins(NamedTuple):
@@ -44,7 +55,7 @@ class Margins(NamedTuple):
         return np.where(g == -np.inf, -np.inf, (g + self.delta) / (1 - self.gamma) * (1 + self.eps64))
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})
+@compiled(fastmath={"reassoc", "contract"})
 def _gain(col, mu, cw):
     """sum_i c_i max(0, col_i - mu_i) in float64: exact products, the sum in any order (reassociated
     into SIMD lanes; no other fast-math licence: infinities and NaN keep their meaning)."""
@@ -55,7 +66,7 @@ def _gain(col, mu, cw):
     return total
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@compiled()
 def _column_sums(s, cw, out):
     """out_j = sum_i c_i max(0, s_ij) in float64, every gain at mu = 0 (step 0) from one pass over
     the rows of s (no column reads, symmetric or not)."""
@@ -74,7 +85,7 @@ def _before(key, idx, a, b):
     return key[a] > key[b] or (key[a] == key[b] and idx[a] < idx[b])
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@compiled()
 def _sift_down(key, idx, p, n):
     while True:
         c = 2 * p + 1
@@ -89,7 +100,7 @@ def _sift_down(key, idx, p, n):
         p = c
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@compiled()
 def _sift_up(key, idx, p):
     while p > 0:
         q = (p - 1) // 2
@@ -101,7 +112,7 @@ def _sift_up(key, idx, p):
     return p
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@compiled()
 def greedy(S, cols, CW, CDW, scope, UB, MU, picks, t0, k0, gamma, delta, eps64):
     """The lazy greedy of frames t0 ... T-1 from step k0 of frame t0; returns (t, k) of the first
     step whose pick it cannot certify, or (T, 0) when every frame has its K picks.
